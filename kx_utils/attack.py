@@ -1,0 +1,233 @@
+"""The Knockoff attack: sample a transfer set, query the victim's API once, train a surrogate.
+
+``knockoff(profile, "cifar10")`` runs the attack of Section 3 against a victim of
+``01_victims``; its keyword arguments cover the variants of Section 5 (answer
+format, transfer-set source, batch size, a held-out validation split).  Query
+answers and surrogate results are artifacts: a rerun makes no new query and
+trains nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .api import PredictionAPI, answers_to_targets
+from .artifacts import ArtifactStore
+from .data import ImageSet, resize_images
+from .models import build_model
+from .profiles import Profile, Recipe
+from .train import best_epoch, fit, per_class_accuracy, pick_device, predict_logits
+from .victims import Victim, get_victim, load_dataset_split, victim_spec
+
+
+class BudgetError(ValueError):
+    pass
+
+
+def sample_transfer_set(pool_size: int, budget: int, seed: int, replace: bool = False) -> torch.Tensor:
+    """Indices of ``budget`` pool images drawn at random with ``seed``.
+
+    Without ``replace`` no image is repeated, and a budget larger than the pool is
+    an error rather than a silent repetition.
+    """
+    if budget <= 0:
+        raise BudgetError(f"the query budget must be positive, got {budget}")
+    gen = torch.Generator().manual_seed(seed)
+    if replace:
+        return torch.randint(0, pool_size, (budget,), generator=gen)
+    if budget > pool_size:
+        raise BudgetError(f"a budget of {budget} queries exceeds the attacker's pool of {pool_size} "
+                          "images; lower the budget, enlarge the pool, or ask for sampling with "
+                          "replacement explicitly (replace=True)")
+    return torch.randperm(pool_size, generator=gen)[:budget]
+
+
+def attacker_pool(profile: Profile, pool: str = "imagenet", split: str = "train",
+                  size: int | None = None, store: ArtifactStore | None = None) -> ImageSet:
+    """The attacker's natural images (the paper: its ImageNet subset), capped to ``pool_size``."""
+    size = size or profile.image_size.get(pool, max(profile.image_size.values()))
+    images = load_dataset_split(profile, pool, split, size, store=store)
+    if profile.pool_size is not None and len(images) > profile.pool_size:
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(profile.seed))
+        images = images.subset(torch.sort(keep[:profile.pool_size]).values)
+    return images
+
+
+def query_settings(profile: Profile, victim: Victim, pool: str, split: str, budget: int,
+                   seed: int, replace: bool, api: dict) -> dict:
+    return {"victim": victim.settings, "pool": pool, "pool_split": split, "pool_size": profile.pool_size,
+            "standins": profile.standins, "query_size": victim.image_size, "budget": budget,
+            "seed": seed, "replace": replace, "api": api}
+
+
+def query_victim(profile: Profile, victim: Victim, api: PredictionAPI, pool_images: ImageSet,
+                 settings: dict, store: ArtifactStore, seed: int, replace: bool = False) -> dict:
+    """The transfer set's indices into the pool and the API's answers, queried once and cached.
+
+    Returns ``{"indices", "answers", "flagged", "queries"}``; ``queries`` is the
+    number of queries this call sent (0 when the answers came from the cache).
+    """
+    found = store.load("answers", settings)
+    if found is not None:
+        return {**found, "queries": 0}
+    indices = sample_transfer_set(len(pool_images), settings["budget"], seed, replace)
+    before = api.query_count
+    queries = pool_images.images[indices]
+    if queries.shape[-1] != victim.image_size:
+        queries = resize_images(queries, victim.image_size)
+    response = api.respond(queries)
+    blob = {"indices": indices, "answers": response.answers, "flagged": response.flagged,
+            "query_count": api.query_count - before}
+    store.save("answers", settings, blob)
+    return {**blob, "queries": blob["query_count"]}
+
+
+@dataclass
+class KnockoffResult:
+    """What one attack measured.  Accuracies are fractions in [0, 1]."""
+
+    victim: str
+    victim_name: str
+    victim_accuracy: float
+    surrogate_arch: str
+    api: dict
+    pool: str
+    budget: int
+    batch_size: int
+    epochs: int
+    final_accuracy: float  # last epoch: the headline
+    best_accuracy: float  # best epoch on the test set: test-set-selected, optimistic
+    best_epoch: int
+    history: list[dict]
+    per_class_victim: list[float]
+    per_class_surrogate: list[float]
+    transfer_histogram: list[int]  # transfer-set queries per predicted class
+    queries_sent: int  # in this call (0 when answers came from the cache)
+    query_count: int  # queries that built the transfer set
+    refused: int
+    val_selected_accuracy: float | None = None  # test accuracy at the best validation epoch
+    val_selected_epoch: int | None = None
+    train_seconds: float = 0.0
+    from_cache: bool = False
+    settings: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def recovery(self) -> float:
+        return self.final_accuracy / self.victim_accuracy
+
+    @property
+    def best_recovery(self) -> float:
+        return self.best_accuracy / self.victim_accuracy
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "settings"}
+        d["recovery"] = self.recovery
+        d["best_recovery"] = self.best_recovery
+        return d
+
+
+def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int = 1, decimals: int = 1,
+             pool: str = "imagenet", pool_split: str = "train", budget: int | str | None = None,
+             replace: bool = False, recipe: Recipe | None = None, batch_size: int | None = None,
+             validation_fraction: float = 0.0, seed: int | None = None,
+             store: ArtifactStore | None = None, detector=None, detector_action: str = "refuse"
+             ) -> KnockoffResult:
+    """Run (or load) one Knockoff attack against victim ``victim_key`` of ``profile``.
+
+    ``budget`` is a number of queries, None for the profile's budget, or ``"all"``
+    for the whole pool.  ``validation_fraction`` > 0 holds that share of the
+    transfer set out as the attacker's validation set (labelled by the victim's
+    answers); the result then reports the test accuracy at the best validation
+    epoch, as a real attacker would stop.
+    """
+    store = store or ArtifactStore(profile.cache_root)
+    seed = profile.seed if seed is None else seed
+    victim = get_victim(profile, victim_key, store)
+    spec = victim_spec(victim_key)
+    surrogate_size = profile.image_size[spec.dataset]
+    pool_images = attacker_pool(profile, pool, pool_split, surrogate_size, store)
+    budget = {None: profile.transfer_budget, "all": len(pool_images)}.get(budget, budget)
+    recipe = recipe or profile.surrogate_recipe
+    if batch_size is not None:
+        recipe = recipe.replace(batch_size=batch_size)
+
+    api = PredictionAPI(victim.model, mode=mode, k=k, decimals=decimals, detector=detector,
+                        detector_action=detector_action, batch_size=profile.eval_batch_size,
+                        device=profile.device)
+    api_desc = api.describe()
+    if detector is not None:
+        api_desc = {**api_desc, "detector": getattr(detector, "name", repr(detector)),
+                    "detector_action": detector_action}
+    q_settings = query_settings(profile, victim, pool, pool_split, int(budget), seed, replace, api_desc)
+    answered = query_victim(profile, victim, api, pool_images, q_settings, store, seed, replace)
+
+    s_settings = {"query": q_settings, "surrogate_arch": profile.surrogate_arch,
+                  "surrogate_size": surrogate_size, "recipe": recipe.as_dict(),
+                  "validation_fraction": validation_fraction, "seed": seed}
+    blob = store.load("surrogate", s_settings)
+    from_cache = blob is not None
+    if blob is None:
+        blob = _train_surrogate(profile, victim, pool_images, answered, recipe, validation_fraction,
+                                seed, store, s_settings)
+        store.save("surrogate", s_settings, blob)
+        store.scratch_path("surrogate", s_settings, "ckpt").unlink(missing_ok=True)
+
+    history = blob["history"]
+    best = best_epoch(history, "test_acc")
+    val_acc = val_epoch = None
+    if validation_fraction > 0:
+        chosen = best_epoch(history, "val_acc")
+        val_acc, val_epoch = chosen["test_acc"], chosen["epoch"]
+    answers = answered["answers"]
+    answered_rows = ~torch.isnan(answers).any(1)
+    hist = torch.bincount(answers[answered_rows].argmax(1), minlength=len(victim.classes))
+    return KnockoffResult(
+        victim=victim_key, victim_name=victim.name, victim_accuracy=victim.test_accuracy,
+        surrogate_arch=profile.surrogate_arch, api=api_desc, pool=pool, budget=int(budget),
+        batch_size=recipe.batch_size, epochs=recipe.epochs,
+        final_accuracy=history[-1]["test_acc"], best_accuracy=best["test_acc"], best_epoch=best["epoch"],
+        history=history, per_class_victim=victim.per_class_accuracy,
+        per_class_surrogate=list(blob["per_class_accuracy"]), transfer_histogram=hist.tolist(),
+        queries_sent=int(answered["queries"]), query_count=int(answered["query_count"]),
+        refused=int((~answered_rows).sum()), val_selected_accuracy=val_acc, val_selected_epoch=val_epoch,
+        train_seconds=float(blob["train_seconds"]), from_cache=from_cache, settings=s_settings)
+
+
+def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, answered: dict,
+                     recipe: Recipe, validation_fraction: float, seed: int, store: ArtifactStore,
+                     settings: dict) -> dict:
+    answers = answered["answers"]
+    keep = ~torch.isnan(answers).any(1)  # refused queries teach nothing
+    if not keep.any():
+        raise ValueError("the API refused every query: there is nothing to train a surrogate on")
+    images = pool_images.images[answered["indices"][keep]]
+    targets = answers_to_targets(answers[keep])
+    test = victim_test_set(profile, victim.key, pool_images.image_size, store)
+    eval_sets = {"test": (test.images, test.labels)}
+    if validation_fraction > 0:
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 1))
+        n_val = max(1, int(round(validation_fraction * len(images))))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        eval_sets["val"] = (images[val_idx], targets[val_idx].argmax(1))
+        images, targets = images[train_idx], targets[train_idx]
+    torch.manual_seed(seed)
+    model = build_model(profile.surrogate_arch, targets.shape[1], pretrained=True)
+    t0 = time.perf_counter()
+    history = fit(model, images, targets, recipe, eval_sets=eval_sets, seed=seed,
+                  device=pick_device(profile.device),
+                  checkpoint=store.scratch_path("surrogate", settings, "ckpt"),
+                  progress=profile.progress, desc=f"surrogate of {victim.name}",
+                  eval_batch_size=profile.eval_batch_size)
+    pred = predict_logits(model, test.images, profile.eval_batch_size, pick_device(profile.device)).argmax(1)
+    return {"history": history, "per_class_accuracy": per_class_accuracy(pred, test.labels, targets.shape[1]),
+            "train_seconds": sum(r["train_seconds"] for r in history) or time.perf_counter() - t0,
+            "train_size": len(images)}
+
+
+def victim_test_set(profile: Profile, victim_key: str, size: int, store: ArtifactStore) -> ImageSet:
+    """The victim's test set (same images and caps) decoded at the surrogate's input size."""
+    spec = victim_spec(victim_key)
+    return load_dataset_split(profile, spec.dataset, "test", size, profile.test_per_class, store)

@@ -1,0 +1,463 @@
+"""The paper's datasets, their offline stand-ins, and a decode-once image cache.
+
+Data lives under ``$KX_DATA`` in torchvision's ImageFolder layout,
+``<folder>/<split>/<class>/<image>``.  Images are decoded once into a uint8
+tensor (N x 3 x H x W) that is cached as an artifact, so that no epoch ever
+decodes a JPEG again; normalisation with ImageNet's mean and standard deviation
+happens inside the models (:class:`kx_utils.models.Normalize`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .artifacts import ArtifactStore
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset folder is missing: the message names the path and how to get the data."""
+
+
+class CorruptImageError(RuntimeError):
+    """An image file cannot be decoded: the message names the file."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset of the paper and the offline stand-in that replaces it in mini/smoke."""
+
+    key: str
+    paper_name: str
+    role: str  # "victim", "attacker" or "ood"
+    paper_classes: int | None
+    paper_train: int | None
+    paper_test: int | None
+    paper_size: str
+    folder: str  # under $KX_DATA, paper profile
+    splits: dict  # logical split -> sub-folder, paper profile
+    standin: str  # under $KX_DATA, mini/smoke profiles
+    standin_splits: dict  # logical split -> sub-folder of the stand-in
+    standin_note: str
+    how_to_get: str
+    downloader: str | None = None  # name of a torchvision downloader in DOWNLOADERS
+
+    def location(self, standins: bool, split: str) -> tuple[str, str]:
+        folder, splits = (self.standin, self.standin_splits) if standins else (self.folder, self.splits)
+        if split not in splits:
+            raise KeyError(f"dataset {self.key!r} has no split {split!r}; "
+                           f"its splits: {', '.join(splits)}")
+        return folder, splits[split]
+
+
+DATASETS: dict[str, DatasetInfo] = {d.key: d for d in [
+    DatasetInfo(
+        key="caltech256", paper_name="Caltech", role="victim",
+        paper_classes=256, paper_train=23_703, paper_test=6_904, paper_size="224x224",
+        folder="caltech256", splits={"train": "train", "test": "test"},
+        standin="caltech101", standin_splits={"train": "train", "test": "test"},
+        standin_note="Caltech-101 (101 classes, 64 px): no usable Caltech-256 snapshot offline",
+        how_to_get="download Caltech-256 (https://data.caltech.edu/records/nyy15-4j048), or let "
+                   "kx download it with torchvision (download=True), which splits it 25 test images per class",
+        downloader="caltech256"),
+    DatasetInfo(
+        key="cubs200", paper_name="CUBS", role="victim",
+        paper_classes=200, paper_train=5_994, paper_test=5_794, paper_size="224x224",
+        folder="cubs200", splits={"train": "train", "test": "test"},
+        standin="cub200_subset", standin_splits={"train": "train", "test": "test"},
+        standin_note="100 of CUB-200-2011's 200 species, 64 px",
+        how_to_get="download CUB-200-2011 (https://www.vision.caltech.edu/datasets/cub_200_2011/) and "
+                   "arrange train_test_split.txt's two splits as cubs200/{train,test}/<class>/<image>"),
+    DatasetInfo(
+        key="diabetic5", paper_name="Diabetic5", role="victim",
+        paper_classes=5, paper_train=85_108, paper_test=21_278, paper_size="224x224",
+        folder="diabetic5", splits={"train": "train", "test": "test"},
+        standin="diabetic_retinopathy", standin_splits={"train": "train", "test": "test"},
+        standin_note="6,742 Kaggle DR 2015 images (patient-disjoint split), 64 px, no EyeNet preprocessing",
+        how_to_get="accept the Kaggle competition rules and download "
+                   "https://www.kaggle.com/c/diabetic-retinopathy-detection/data, preprocess as in "
+                   "https://github.com/gregwchase/dsi-capstone, and arrange diabetic5/{train,test}/<grade>/<image>"),
+    DatasetInfo(
+        key="gtsrb", paper_name="GTSRB", role="victim",
+        paper_classes=43, paper_train=39_209, paper_test=12_630, paper_size="32x32 / 224x224",
+        folder="gtsrb", splits={"train": "train", "test": "test"},
+        standin="gtsrb", standin_splits={"train": "train", "test": "test"},
+        standin_note="10,590 / 3,320 official GTSRB images, 32 px",
+        how_to_get="let kx download it with torchvision (download=True), or get it from "
+                   "https://benchmark.ini.rub.de/gtsrb_dataset.html",
+        downloader="gtsrb"),
+    DatasetInfo(
+        key="cifar10", paper_name="CIFAR10", role="victim",
+        paper_classes=10, paper_train=50_000, paper_test=10_000, paper_size="32x32 / 224x224",
+        folder="cifar10", splits={"train": "train", "test": "test"},
+        standin="cifar10", standin_splits={"train": "train", "test": "test", "pool": "pool"},
+        standin_note="15,000 / 3,000 CIFAR-10 images (JPEG re-encoded), 32 px",
+        how_to_get="let kx download it with torchvision (download=True), or get it from "
+                   "https://www.cs.toronto.edu/~kriz/cifar.html",
+        downloader="cifar10"),
+    DatasetInfo(
+        key="imagenet", paper_name="ImageNet", role="attacker",
+        paper_classes=1000, paper_train=90_000, paper_test=10_000, paper_size="224x224",
+        folder="imagenet_subset", splits={"train": "train", "test": "test"},
+        standin="tiny_imagenet", standin_splits={"train": "train", "test": "val"},
+        standin_note="Tiny-ImageNet: 200 ImageNet classes, 60 + 10 images per class, 64 px",
+        how_to_get="ImageNet needs a registered download (https://image-net.org/download.php); sample "
+                   "100 training images per class and arrange 90 of them as imagenet_subset/train/<wnid>/ "
+                   "and 10 as imagenet_subset/test/<wnid>/"),
+    DatasetInfo(
+        key="openimages", paper_name="OpenImages", role="ood",
+        paper_classes=None, paper_train=None, paper_test=20_000, paper_size="224x224",
+        folder="openimages", splits={"test": "test"},
+        standin="ood_web", standin_splits={"test": "test"},
+        standin_note="Caltech-101's BACKGROUND_Google: 467 random web images, 64 px",
+        how_to_get="download 20,000 uniformly sampled images of Open Images "
+                   "(https://storage.googleapis.com/openimages/web/download.html) into openimages/test/all/"),
+    DatasetInfo(
+        key="bing", paper_name="Bing", role="attacker",
+        paper_classes=256, paper_train=256 * 380, paper_test=None, paper_size="224x224",
+        folder="bing", splits={"train": "train"},
+        standin="caltech101", standin_splits={"train": "pool"},
+        standin_note="caltech101/pool: other Caltech-101 images of the victim's classes (closer to the "
+                     "victim's distribution than Bing)",
+        how_to_get="download the Bing images of the Caltech-256 categories (Bergamo & Torresani 2010, "
+                   "http://vlg.cs.dartmouth.edu/projects/domainadapt/) into bing/train/<class>/"),
+]}
+
+
+def dataset_info(key: str) -> DatasetInfo:
+    if key not in DATASETS:
+        raise KeyError(f"unknown dataset {key!r}; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[key]
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """``explicit``, else ``$KX_DATA``; an error that says how to set it when neither is given."""
+    root = explicit or os.environ.get("KX_DATA")
+    if not root:
+        raise DatasetNotFoundError(
+            "no data folder: set KX_DATA to the folder that holds the datasets in ImageFolder layout "
+            "(<dataset>/<split>/<class>/<image>), e.g. `export KX_DATA=../shared/datasets` "
+            "on the development machine; README.md says where each dataset comes from")
+    path = Path(root).expanduser().resolve()
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"KX_DATA={root} is not a folder; point it at the folder that "
+                                   "holds the datasets (README.md, section 'Data')")
+    return path
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of one split: ``images`` uint8 N x 3 x H x W, ``labels`` int64 N."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    name: str = ""
+    files: list[str] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def subset(self, indices: torch.Tensor | Sequence[int], name: str | None = None) -> "ImageSet":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        files = [self.files[i] for i in idx.tolist()] if self.files else []
+        return ImageSet(self.images[idx], self.labels[idx], self.classes, name or self.name, files)
+
+    def per_class(self, n: int | None, seed: int = 0) -> "ImageSet":
+        """At most ``n`` images of every class, drawn with ``seed`` (all of them when ``n`` is None)."""
+        if n is None:
+            return self
+        return self.subset(per_class_indices(self.labels, n, seed))
+
+    def resized(self, size: int) -> "ImageSet":
+        if size == self.image_size:
+            return self
+        return ImageSet(resize_images(self.images, size), self.labels, self.classes, self.name, self.files)
+
+    def without_classes(self, drop: Sequence[int]) -> "ImageSet":
+        """Remove the given classes and renumber the others 0..K-1 in their order."""
+        drop_set = set(int(c) for c in drop)
+        keep = [c for c in range(self.num_classes) if c not in drop_set]
+        remap = torch.full((self.num_classes,), -1, dtype=torch.long)
+        remap[torch.tensor(keep, dtype=torch.long)] = torch.arange(len(keep))
+        idx = torch.nonzero(remap[self.labels] >= 0).flatten()
+        sub = self.subset(idx)
+        return ImageSet(sub.images, remap[sub.labels], [self.classes[c] for c in keep], self.name, sub.files)
+
+
+def per_class_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of at most ``n`` items of every class, a seeded draw, in ascending order."""
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=gen)[:n]])
+    return torch.sort(torch.cat(chosen)).values if chosen else torch.empty(0, dtype=torch.long)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 batch to ``size`` x ``size`` (bilinear, antialiased), keeping uint8."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = []
+    for chunk in images.split(1024):
+        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [0, 1]; float input is returned unchanged."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+
+# ---------------------------------------------------------------- reading folders
+
+
+def list_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sorted sub-folder names) and (relative file, label) pairs, as ImageFolder does."""
+    classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir() and not d.name.startswith("."))
+    samples = []
+    for label, cls in enumerate(classes):
+        for root, _, files in sorted(os.walk(split_dir / cls)):
+            for f in sorted(files):
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                    rel = os.path.relpath(os.path.join(root, f), split_dir)
+                    samples.append((rel, label))
+    return classes, samples
+
+
+def _decode(path: Path, size: int | None) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                # shorter side to `size`, then the central square
+                w, h = im.size
+                scale = size / min(w, h)
+                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                               Image.BILINEAR, reducing_gap=None)
+                w, h = im.size
+                left, top = (w - size) // 2, (h - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im, dtype=np.uint8).copy()
+    except Exception as exc:
+        raise CorruptImageError(f"cannot decode image {path}: {exc}. Replace or delete the file "
+                                "(a cached decode of the folder is rebuilt when its files change)") from exc
+
+
+def _folder_signature(split_dir: Path, samples: list[tuple[str, int]]) -> str:
+    h = hashlib.sha256()
+    for rel, label in samples:
+        st = os.stat(split_dir / rel)
+        h.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def decode_folder(split_dir: Path, size: int | None = None, workers: int | None = None) -> ImageSet:
+    """Decode a whole ImageFolder split into uint8 tensors (no caching)."""
+    classes, samples = list_image_folder(split_dir)
+    if not samples:
+        raise DatasetNotFoundError(f"no images under {split_dir}: expected <class>/<image> sub-folders")
+    paths = [split_dir / rel for rel, _ in samples]
+    if size is None:  # every image must then share one size; take it from the first
+        with Image.open(paths[0]) as im:
+            size = im.size[0]
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
+        arrays = list(pool.map(lambda p: _decode(p, size), paths))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+    return ImageSet(images, labels, classes, split_dir.name, [rel for rel, _ in samples])
+
+
+def read_class_names(dataset_dir: Path, folders: list[str]) -> list[str]:
+    """Human-readable class names from ``classes.csv`` where the dataset has one, else the folders."""
+    csv_path = dataset_dir / "classes.csv"
+    if not csv_path.is_file():
+        return list(folders)
+    with open(csv_path, newline="") as f:
+        names = {row["folder"]: row["name"] for row in csv.DictReader(f)}
+    return [names.get(folder, folder) for folder in folders]
+
+
+# ---------------------------------------------------------------- downloaders
+
+def _export_torchvision(dataset, out_dir: Path, class_names: list[str] | None = None) -> None:
+    """Write a torchvision dataset of (PIL image, label) pairs as ImageFolder PNGs."""
+    for i in range(len(dataset)):
+        img, label = dataset[i]
+        name = class_names[label] if class_names else f"{label:05d}"
+        target = out_dir / name
+        target.mkdir(parents=True, exist_ok=True)
+        img.convert("RGB").save(target / f"{i:06d}.png")
+
+
+def _download_cifar10(raw: Path, out: Path) -> None:
+    from torchvision.datasets import CIFAR10
+    for split, train in (("train", True), ("test", False)):
+        ds = CIFAR10(raw, train=train, download=True)
+        _export_torchvision(ds, out / split, ds.classes)
+
+
+def _download_gtsrb(raw: Path, out: Path) -> None:
+    from torchvision.datasets import GTSRB
+    for split in ("train", "test"):
+        _export_torchvision(GTSRB(raw, split=split, download=True), out / split)
+
+
+def _download_caltech256(raw: Path, out: Path, test_per_class: int = 25, seed: int = 0) -> None:
+    from torchvision.datasets import Caltech256
+    ds = Caltech256(raw, download=True)
+    labels = torch.tensor(ds.y)
+    gen = torch.Generator().manual_seed(seed)
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        for j, i in enumerate(members.tolist()):
+            split = "test" if j < test_per_class else "train"
+            img, _ = ds[i]
+            target = out / split / ds.categories[c]
+            target.mkdir(parents=True, exist_ok=True)
+            img.convert("RGB").save(target / f"{i:06d}.png")
+
+
+DOWNLOADERS: dict[str, Callable[[Path, Path], None]] = {
+    "cifar10": _download_cifar10, "gtsrb": _download_gtsrb, "caltech256": _download_caltech256,
+}
+
+
+def download(info: DatasetInfo, root: Path) -> Path:
+    """Fetch a dataset with torchvision and write it as ImageFolder under ``root/info.folder``.
+
+    The folder appears only once the export is complete (built beside it, then renamed).
+    """
+    if info.downloader is None:
+        raise DatasetNotFoundError(f"{info.paper_name} cannot be downloaded automatically: {info.how_to_get}")
+    final = root / info.folder
+    raw = root / "_downloads" / info.key
+    raw.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=root, prefix=f".{info.folder}."))
+    try:
+        DOWNLOADERS[info.downloader](raw, building)
+        os.replace(building, final)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return final
+
+
+# ---------------------------------------------------------------- the public loader
+
+
+def split_folder(key: str, split: str, standins: bool, root: str | os.PathLike | None = None,
+                 allow_download: bool = False) -> Path:
+    """The folder of one split, checked to exist (downloading it first when allowed and possible)."""
+    info = dataset_info(key)
+    base = data_root(root)
+    folder, sub = info.location(standins, split)
+    path = base / folder / sub
+    if not path.is_dir():
+        if allow_download and not standins and info.downloader:
+            download(info, base)
+        if not path.is_dir():
+            what = f"the offline stand-in for {info.paper_name} ({info.standin_note})" if standins \
+                else info.paper_name
+            hint = ("it ships with the development machine's ../shared/datasets; point KX_DATA there"
+                    if standins else info.how_to_get)
+            raise DatasetNotFoundError(
+                f"dataset folder {path} not found: expected {what} in ImageFolder layout "
+                f"{base / folder}/{sub}/<class>/<image>. To get it: {hint}")
+    return path
+
+
+def load_split(key: str, split: str, *, standins: bool, size: int | None = None,
+               root: str | os.PathLike | None = None, store: ArtifactStore | None = None,
+               allow_download: bool = False) -> ImageSet:
+    """Decode one split of a registered dataset to uint8 tensors, cached after the first call.
+
+    ``size`` is the side of the square images returned (shorter side resized, then
+    centre-cropped); None keeps the stored size.  The cache is keyed by the folder's
+    file list, sizes and modification times, so a changed file is decoded again.
+    """
+    path = split_folder(key, split, standins, root, allow_download)
+    classes, samples = list_image_folder(path)
+    if not samples:
+        raise DatasetNotFoundError(f"dataset folder {path} holds no images: expected <class>/<image> "
+                                   f"sub-folders ({dataset_info(key).how_to_get})")
+    store = store or ArtifactStore()
+    settings = {"folder": str(path), "signature": _folder_signature(path, samples), "size": size}
+
+    def compute():
+        s = decode_folder(path, size)
+        return {"images": s.images, "labels": s.labels, "files": s.files, "classes": s.classes}
+
+    blob = store.cached("decoded", settings, compute)
+    names = read_class_names(path.parent, blob["classes"])
+    return ImageSet(blob["images"], blob["labels"], names, f"{key}/{split}", blob["files"])
+
+
+# ---------------------------------------------------------------- ImageNet overlap
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet-1k class names, from torchvision's weight metadata (no download)."""
+    from torchvision.models import ResNet18_Weights
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _words(name: str) -> str:
+    return " " + re.sub(r"[^a-z0-9]+", " ", name.lower()).strip() + " "
+
+
+def overlapping_classes(class_names: Sequence[str], imagenet_names: Sequence[str] | None = None
+                        ) -> list[int]:
+    """Indices of classes whose name matches an ImageNet class name as a whole phrase.
+
+    A victim class overlaps when an ImageNet name (or one of its comma-separated
+    synonyms) occurs in it as whole words ("Black footed Albatross" contains
+    "albatross") or it occurs as whole words in an ImageNet name ("ant" in "ant,
+    emmet" but not in "antelope").  A trailing plural "s" is folded.  This is a
+    name heuristic: the paper gives the shares of overlapping labels (42% of
+    Caltech256, 1% of CUBS) but not the lists.
+    """
+    imagenet_names = imagenet_categories() if imagenet_names is None else imagenet_names
+    phrases = {_words(synonym) for n in imagenet_names for synonym in n.split(",")}
+
+    def forms(name: str) -> set[str]:
+        w = _words(name)
+        out = {w}
+        if w.endswith("s "):
+            out.add(w[:-2] + " ")
+        return out
+
+    overlap = []
+    for i, name in enumerate(class_names):
+        if any(p in f or f in p for f in forms(name) for p in phrases if len(p.strip()) > 2):
+            overlap.append(i)
+    return overlap

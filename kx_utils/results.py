@@ -1,0 +1,110 @@
+"""Each notebook's measurements as one small JSON document: the input of the report.
+
+A document looks like::
+
+    {"notebook": "02_knockoff", "profile": "mini", "created": "...", "wall_seconds": 412.0,
+     "environment": {...}, "profile_settings": {...},
+     "tables": {"table2": {"caltech": {"victim_acc": 0.64, "surrogate_acc": 0.51, ...}, ...}},
+     "figures": {...}, "values": {...}, "notes": ["..."]}
+
+Tables use the row keys and column names of :mod:`kx_utils.paper`, so the report
+can put the paper's number beside ours.  Accuracies and rates are fractions.
+Documents are written atomically next to the executed notebooks, in
+``runs/<profile>/`` (or ``$KX_RUNS/<profile>/``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from .artifacts import REPO_ROOT, atomic_write_text
+from .profiles import Profile
+
+
+def runs_root(explicit: str | os.PathLike | None = None) -> Path:
+    return Path(explicit or os.environ.get("KX_RUNS") or REPO_ROOT / "runs").expanduser().resolve()
+
+
+def results_path(notebook: str, profile_name: str, runs: str | os.PathLike | None = None) -> Path:
+    return runs_root(runs) / profile_name / f"{notebook}.json"
+
+
+def environment() -> dict:
+    """Machine and library versions, for the report."""
+    import numpy
+    import sklearn
+    import torch
+    import torchvision
+    env = {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return env
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # tensors and numpy values
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "as_dict"):
+        return _jsonable(value.as_dict())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class NotebookRun:
+    """Collects one notebook's results and writes them; ``started`` marks the wall-clock start.
+
+    >>> run = NotebookRun("02_knockoff", profile)
+    >>> run.tables["table2"] = {...}
+    >>> run.save()
+    """
+
+    def __init__(self, notebook: str, profile: Profile, runs: str | os.PathLike | None = None):
+        self.notebook, self.profile, self.runs = notebook, profile, runs
+        self.started = time.perf_counter()
+        self.tables: dict[str, dict] = {}
+        self.figures: dict[str, Any] = {}
+        self.values: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    def document(self) -> dict:
+        return _jsonable({
+            "notebook": self.notebook, "profile": self.profile.name,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "wall_seconds": time.perf_counter() - self.started,
+            "environment": environment(), "profile_settings": self.profile.as_dict(),
+            "tables": self.tables, "figures": self.figures, "values": self.values, "notes": self.notes,
+        })
+
+    def save(self) -> Path:
+        path = results_path(self.notebook, self.profile.name, self.runs)
+        atomic_write_text(path, json.dumps(self.document(), indent=1, sort_keys=False))
+        return path
+
+
+def load_results(notebook: str, profile_name: str, runs: str | os.PathLike | None = None) -> dict:
+    path = results_path(notebook, profile_name, runs)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results of {notebook} for profile {profile_name}: {path} is missing; "
+                                f"run notebooks/{notebook}.ipynb (or `python -m kx_utils reproduce "
+                                f"--profile {profile_name} --only {notebook}`) first")
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,201 @@
+"""One training loop for victims, surrogates and detectors.
+
+Images stay decoded as uint8 tensors; each batch is converted to float, augmented
+on the tensor (random crop with padding, optional flip) and fed to the model.
+Targets are class indices (hard labels) or probability vectors (soft labels,
+trained with soft cross-entropy as in Knockoff).  Every epoch ends with an
+evaluation on the given sets, recorded in the returned history; with a
+``checkpoint`` path the run saves itself after each epoch and resumes from there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .artifacts import atomic_save
+from .data import to_float
+from .profiles import Recipe
+
+
+def pick_device(preference: str | torch.device = "auto") -> torch.device:
+    if isinstance(preference, torch.device):
+        return preference
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``-sum_j p_j log softmax(logits)_j``."""
+    return -(target_probs * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
+    """The step schedule of ``recipe`` at ``step`` of ``total_steps`` (fractions of the run)."""
+    progress = step / max(total_steps, 1)
+    lr = recipe.lr * recipe.gamma ** sum(progress >= m for m in recipe.milestones)
+    if recipe.warmup_fraction > 0 and progress < recipe.warmup_fraction:
+        lr *= (step + 1) / max(1.0, recipe.warmup_fraction * total_steps)
+    return lr
+
+
+AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
+
+
+def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding of 1/8 of the side) for ``crop*``, horizontal flips for ``*flip``."""
+    if mode == "none":
+        return x
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {mode!r}; valid: {', '.join(AUGMENTATIONS)}")
+    n, c, h, w = x.shape
+    if mode == "flip":
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, c, h, w)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, c, h, w)
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    if mode == "crop_flip":
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: sgd, adam")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                   device: str | torch.device = "auto") -> torch.Tensor:
+    """Logits for uint8 (or [0, 1] float) images, in batches, on CPU."""
+    device = pick_device(device)
+    model.eval().to(device)
+    out = []
+    for chunk in images.split(batch_size):
+        x = to_float(chunk.to(device)).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                  device: str | torch.device = "auto") -> torch.Tensor:
+    return predict_logits(model, images, batch_size, device).softmax(dim=1)
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
+             device: str | torch.device = "auto") -> float:
+    pred = predict_logits(model, images, batch_size, device).argmax(1)
+    return float((pred == labels).float().mean()) if len(labels) else float("nan")
+
+
+def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Accuracy on each class's test items (NaN for a class without test items)."""
+    out = []
+    for c in range(num_classes):
+        mask = labels == c
+        out.append(float((predictions[mask] == c).float().mean()) if mask.any() else float("nan"))
+    return out
+
+
+def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: Recipe, *,
+        eval_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        seed: int = 0, device: str | torch.device = "auto", checkpoint: str | Path | None = None,
+        progress: bool = True, desc: str = "train", eval_batch_size: int = 256) -> list[dict]:
+    """Train ``model`` in place on uint8 ``images`` and return the per-epoch history.
+
+    ``targets`` are int64 class indices (cross-entropy) or float probability vectors
+    (soft cross-entropy).  After every epoch, the accuracy on each of ``eval_sets``
+    (name -> (images, labels)) is recorded as ``<name>_acc``.
+    """
+    if len(images) != len(targets):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+    if len(images) == 0:
+        raise ValueError("cannot train on an empty set")
+    device = pick_device(device)
+    soft = targets.is_floating_point()
+    model.to(device).to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(model, recipe)
+    steps_per_epoch = math.ceil(len(images) / recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict] = []
+    start_epoch = 0
+
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+
+    if device.type == "cuda":  # keep the decoded set on the GPU: no host copies per batch
+        images, targets = images.to(device), targets.to(device)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=recipe.epochs, initial=start_epoch, desc=desc, leave=False)
+    for epoch in range(start_epoch, recipe.epochs):
+        torch.manual_seed(seed * 100_003 + epoch)  # dropout: reproducible after a resume
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(images), generator=generator)
+        loss_sum, seen = 0.0, 0
+        for i, batch in enumerate(order.split(recipe.batch_size)):
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(recipe, step, total_steps)
+            batch = batch.to(images.device)
+            x = augment_batch(to_float(images[batch]), recipe.augment, generator)
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = targets[batch]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(x).float()
+            loss = soft_cross_entropy(logits, y) if soft else F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(batch)
+            seen += len(batch)
+        row = {"epoch": epoch + 1, "lr": learning_rate(recipe, (epoch + 1) * steps_per_epoch - 1, total_steps),
+               "train_loss": loss_sum / seen, "train_seconds": time.perf_counter() - t0}
+        for name, (eval_images, eval_labels) in (eval_sets or {}).items():
+            row[f"{name}_acc"] = accuracy(model, eval_images, eval_labels, eval_batch_size, device)
+        history.append(row)
+        if checkpoint is not None:
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "generator": generator.get_state(), "history": history, "epoch": epoch + 1},
+                        checkpoint)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k.endswith(("_acc", "loss"))})
+    if bar is not None:
+        bar.close()
+    model.cpu().to(memory_format=torch.contiguous_format)
+    return history
+
+
+def best_epoch(history: list[dict], key: str) -> dict:
+    """The history row with the highest ``key`` (the first such row on ties)."""
+    return max(history, key=lambda row: (row[key], -row["epoch"]))

@@ -1,0 +1,195 @@
+"""The paper's seven victims: five fine-tuned pretrained models and two trained from scratch.
+
+``get_victim(profile, "cifar10")`` returns the trained victim of a profile,
+training it on the first call and loading the cached artifact afterwards, so any
+notebook can run alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .artifacts import ArtifactStore
+from .data import ImageSet, dataset_info, load_split
+from .models import SHORT_NAMES, Classifier, build_model
+from .profiles import VICTIM_KEYS, Profile, Recipe
+from .train import fit, per_class_accuracy, pick_device, predict_logits
+
+
+@dataclass(frozen=True)
+class VictimSpec:
+    key: str
+    dataset: str
+    scratch_arch: str | None = None  # None: the profile's pretrained backbone
+    flips: bool = True  # horizontal flips keep the label (not for traffic signs)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.scratch_arch is None
+
+
+VICTIMS: dict[str, VictimSpec] = {v.key: v for v in [
+    VictimSpec("caltech", "caltech256"),
+    VictimSpec("cubs", "cubs200"),
+    VictimSpec("diabetic5", "diabetic5"),
+    VictimSpec("gtsrb", "gtsrb", flips=False),
+    VictimSpec("cifar10", "cifar10"),
+    VictimSpec("gtsrb_5l", "gtsrb", scratch_arch="gtsrb_5l", flips=False),
+    VictimSpec("cifar10_9l", "cifar10", scratch_arch="cifar10_9l"),
+]}
+assert tuple(VICTIMS) == VICTIM_KEYS
+PRETRAINED_VICTIMS = tuple(k for k, v in VICTIMS.items() if v.pretrained)
+SCRATCH_VICTIMS = tuple(k for k, v in VICTIMS.items() if not v.pretrained)
+
+
+def victim_spec(key: str) -> VictimSpec:
+    if key not in VICTIMS:
+        raise KeyError(f"unknown victim {key!r}; valid victims: {', '.join(VICTIMS)}")
+    return VICTIMS[key]
+
+
+def victim_arch(profile: Profile, key: str) -> str:
+    spec = victim_spec(key)
+    return spec.scratch_arch or profile.backbone
+
+
+def victim_name(profile: Profile, key: str) -> str:
+    """The paper's naming, {Dataset}-{model}: CIFAR10-RN34 in paper, CIFAR10-MNV2 in mini."""
+    spec = victim_spec(key)
+    return f"{dataset_info(spec.dataset).paper_name}-{SHORT_NAMES[victim_arch(profile, key)]}"
+
+
+def victim_image_size(profile: Profile, key: str) -> int:
+    spec = victim_spec(key)
+    return profile.image_size[spec.dataset] if spec.pretrained else profile.scratch_image_size
+
+
+def victim_recipe(profile: Profile, key: str) -> Recipe:
+    spec = victim_spec(key)
+    recipe = profile.victim_recipe if spec.pretrained else profile.scratch_recipe
+    recipe = recipe.replace(**profile.victim_overrides.get(key, {}))
+    if not spec.flips and recipe.augment == "flip":
+        recipe = recipe.replace(augment="none")
+    if not spec.flips and recipe.augment == "crop_flip":
+        recipe = recipe.replace(augment="crop")
+    return recipe
+
+
+def load_dataset_split(profile: Profile, dataset: str, split: str, size: int,
+                       per_class: int | None = None, store: ArtifactStore | None = None) -> ImageSet:
+    """A split of a registered dataset at ``size`` px, capped to ``per_class`` images per class."""
+    full = load_split(dataset, split, standins=profile.standins, root=profile.data_root,
+                      store=store or ArtifactStore(profile.cache_root))
+    return full.per_class(per_class, seed=profile.seed).resized(size)
+
+
+def victim_data(profile: Profile, key: str, store: ArtifactStore | None = None
+                ) -> tuple[ImageSet, ImageSet]:
+    """The victim's (train, test) sets at its input size, with the profile's per-class caps."""
+    spec = victim_spec(key)
+    size = victim_image_size(profile, key)
+    train = load_dataset_split(profile, spec.dataset, "train", size, profile.train_per_class, store)
+    test = load_dataset_split(profile, spec.dataset, "test", size, profile.test_per_class, store)
+    return train, test
+
+
+def victim_settings(profile: Profile, key: str) -> dict:
+    """Everything that determines a trained victim: the key of its artifact."""
+    spec = victim_spec(key)
+    return {
+        "victim": key, "dataset": spec.dataset, "arch": victim_arch(profile, key),
+        "pretrained": spec.pretrained, "image_size": victim_image_size(profile, key),
+        "standins": profile.standins, "train_per_class": profile.train_per_class,
+        "test_per_class": profile.test_per_class, "recipe": victim_recipe(profile, key).as_dict(),
+        "seed": profile.seed,
+    }
+
+
+@dataclass
+class Victim:
+    key: str
+    name: str
+    model: Classifier
+    classes: list[str]
+    image_size: int
+    test_accuracy: float
+    per_class_accuracy: list[float]
+    history: list[dict]
+    train_seconds: float
+    settings: dict = field(repr=False)
+    from_cache: bool = False
+
+
+def get_victim(profile: Profile, key: str, store: ArtifactStore | None = None,
+               train_if_missing: bool = True) -> Victim:
+    """The trained victim ``key`` of ``profile``: loaded from the cache, else trained and stored."""
+    store = store or ArtifactStore(profile.cache_root)
+    settings = victim_settings(profile, key)
+    blob = store.load("victim", settings)
+    from_cache = blob is not None
+    if blob is None:
+        if not train_if_missing:
+            raise FileNotFoundError(f"victim {key} of profile {profile.name} is not trained yet: "
+                                    "run notebooks/01_victims.ipynb first")
+        blob = _train_victim(profile, key, settings, store)
+        store.save("victim", settings, blob)
+        checkpoint = store.scratch_path("victim", settings, "ckpt")
+        checkpoint.unlink(missing_ok=True)
+    model = build_model(settings["arch"], len(blob["classes"]), pretrained=False)
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return Victim(key=key, name=victim_name(profile, key), model=model, classes=list(blob["classes"]),
+                  image_size=settings["image_size"], test_accuracy=float(blob["test_accuracy"]),
+                  per_class_accuracy=list(blob["per_class_accuracy"]), history=list(blob["history"]),
+                  train_seconds=float(blob["train_seconds"]), settings=settings, from_cache=from_cache)
+
+
+def _train_victim(profile: Profile, key: str, settings: dict, store: ArtifactStore) -> dict:
+    train, test = victim_data(profile, key, store)
+    torch.manual_seed(profile.seed)
+    model = build_model(settings["arch"], train.num_classes, pretrained=settings["pretrained"])
+    recipe = victim_recipe(profile, key)
+    t0 = time.perf_counter()
+    history = fit(model, train.images, train.labels, recipe, eval_sets={"test": (test.images, test.labels)},
+                  seed=profile.seed, device=pick_device(profile.device),
+                  checkpoint=store.scratch_path("victim", settings, "ckpt"), progress=profile.progress,
+                  desc=victim_name(profile, key), eval_batch_size=profile.eval_batch_size)
+    seconds = time.perf_counter() - t0
+    pred = predict_logits(model, test.images, profile.eval_batch_size, pick_device(profile.device)).argmax(1)
+    return {
+        "state_dict": model.state_dict(),
+        "classes": list(train.classes),
+        "history": history,
+        "test_accuracy": float((pred == test.labels).float().mean()),
+        "per_class_accuracy": per_class_accuracy(pred, test.labels, train.num_classes),
+        "train_seconds": sum(row["train_seconds"] for row in history) if history else seconds,
+        "train_size": len(train), "test_size": len(test),
+    }
+
+
+def chance_accuracy(labels: torch.Tensor) -> float:
+    """Accuracy of always answering the most frequent test class (>= 1 / number of classes)."""
+    return float(torch.bincount(labels).max()) / len(labels)
+
+
+def table1_rows(profile: Profile, store: ArtifactStore | None = None) -> dict:
+    """Table 1 as measured: input size, classes, train and test images of each victim dataset."""
+    rows = {}
+    for key in PRETRAINED_VICTIMS:
+        spec = victim_spec(key)
+        train, test = victim_data(profile, key, store)
+        size = victim_image_size(profile, key)
+        scratch = [k for k in SCRATCH_VICTIMS if victim_spec(k).dataset == spec.dataset]
+        shown = f"{size}x{size}"
+        if scratch:
+            s = victim_image_size(profile, scratch[0])
+            shown = f"{s}x{s} / {size}x{size}"
+        info = dataset_info(spec.dataset)
+        rows[spec.dataset] = {"image_size": shown, "classes": train.num_classes, "train": len(train),
+                              "test": len(test), "name": info.paper_name,
+                              "source": info.standin if profile.standins else info.folder,
+                              "standin_note": info.standin_note if profile.standins else ""}
+    return rows

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny ImageFolder tree in the stand-in layout, made in the test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kx_utils import get_profile
+from kx_utils.artifacts import ArtifactStore
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_image_folder(root: Path, classes: int, per_class: int, size: int = 16, seed: int = 0,
+                       pattern: str = "colour") -> None:
+    """Images whose class is visible: each class has its own colour (or stripe direction)."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class_{c:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            if pattern == "colour":
+                base = np.zeros((size, size, 3))
+                base[..., c % 3] = 200 - 40 * (c // 3)
+                img = base + rng.normal(0, 12, (size, size, 3))
+            else:  # "noise": no class structure, the attacker's natural images
+                img = rng.uniform(0, 255, (size, size, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture
+def tiny_data(tmp_path_factory) -> Path:
+    """A KX_DATA folder holding cifar10 (victim) and tiny_imagenet (attacker pool) stand-ins."""
+    root = tmp_path_factory.mktemp("kx_data")
+    write_image_folder(root / "cifar10" / "train", classes=4, per_class=24, seed=1)
+    write_image_folder(root / "cifar10" / "test", classes=4, per_class=8, seed=2)
+    write_image_folder(root / "tiny_imagenet" / "train", classes=6, per_class=20, seed=3, pattern="noise")
+    write_image_folder(root / "tiny_imagenet" / "val", classes=6, per_class=4, seed=4, pattern="noise")
+    return root
+
+
+@pytest.fixture
+def store(tmp_path) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "cache")
+
+
+@pytest.fixture
+def tiny_profile(tiny_data, tmp_path):
+    """The smoke profile pointed at the tiny data, 16 px, quick recipes."""
+    size = {k: 16 for k in get_profile("smoke").image_size}
+    return get_profile("smoke", data_root=str(tiny_data), cache_root=str(tmp_path / "cache"),
+                       image_size=size, scratch_image_size=16, train_per_class=None,
+                       test_per_class=None, pool_size=None, transfer_budget=60,
+                       victim_recipe={"epochs": 2, "batch_size": 16, "lr": 0.01, "augment": "none"},
+                       surrogate_recipe={"epochs": 2, "batch_size": 16, "lr": 0.01},
+                       device="cpu", progress=False)

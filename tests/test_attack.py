@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from kx_utils.api import PredictionAPI
+from kx_utils.attack import (BudgetError, attacker_pool, knockoff, query_settings, query_victim,
+                             sample_transfer_set)
+from kx_utils.victims import get_victim, victim_name
+
+
+def test_transfer_set_sampling_is_seeded_and_never_repeats():
+    a = sample_transfer_set(100, 40, seed=7)
+    assert torch.equal(a, sample_transfer_set(100, 40, seed=7))
+    assert not torch.equal(a, sample_transfer_set(100, 40, seed=8))
+    assert len(set(a.tolist())) == 40 and a.max() < 100
+
+
+def test_budget_larger_than_pool_is_an_error_unless_replacement_is_asked_for():
+    with pytest.raises(BudgetError, match="replace=True"):
+        sample_transfer_set(10, 11, seed=0)
+    with_replacement = sample_transfer_set(10, 50, seed=0, replace=True)
+    assert len(with_replacement) == 50 and with_replacement.max() < 10
+
+
+def test_victim_is_trained_once_then_loaded(tiny_profile):
+    first = get_victim(tiny_profile, "cifar10")
+    second = get_victim(tiny_profile, "cifar10")
+    assert not first.from_cache and second.from_cache
+    assert first.test_accuracy == second.test_accuracy
+    assert first.test_accuracy > 0.5  # 4 colour-coded classes: chance is 0.25
+    assert victim_name(tiny_profile, "cifar10") == "CIFAR10-MNV2"
+
+
+def test_answers_are_queried_once_and_reused(tiny_profile, store):
+    victim = get_victim(tiny_profile, "cifar10")
+    pool = attacker_pool(tiny_profile, size=16, store=store)
+    api = PredictionAPI(victim.model, device="cpu")
+    settings = query_settings(tiny_profile, victim, "imagenet", "train", 30, 0, False, api.describe())
+    first = query_victim(tiny_profile, victim, api, pool, settings, store, seed=0)
+    assert api.query_count == 30 and first["queries"] == 30
+    second = query_victim(tiny_profile, victim, api, pool, settings, store, seed=0)
+    assert api.query_count == 30 and second["queries"] == 0  # no new query on the rerun
+    assert torch.equal(first["answers"], second["answers"])
+    assert first["answers"].sum(1).tolist() == pytest.approx([1.0] * 30, abs=1e-5)
+
+
+def test_knockoff_end_to_end_and_cached(tiny_profile):
+    result = knockoff(tiny_profile, "cifar10")
+    assert result.query_count == result.queries_sent == tiny_profile.transfer_budget
+    assert len(result.history) == tiny_profile.surrogate_recipe.epochs
+    assert 0 <= result.final_accuracy <= 1 and result.best_accuracy >= result.final_accuracy
+    assert sum(result.transfer_histogram) == tiny_profile.transfer_budget
+    assert len(result.per_class_surrogate) == 4
+    again = knockoff(tiny_profile, "cifar10")
+    assert again.from_cache and again.queries_sent == 0
+    assert again.final_accuracy == result.final_accuracy
+
+
+def test_label_only_attack_trains_on_one_hot_answers(tiny_profile, store):
+    result = knockoff(tiny_profile, "cifar10", mode="label", store=store)
+    assert result.api == {"mode": "label"}
+    answers = store.load("answers", result.settings["query"])["answers"]
+    assert set(answers.unique().tolist()) <= {0.0, 1.0} and (answers.sum(1) == 1).all()
+
+
+def test_validation_split_reports_the_validation_selected_epoch(tiny_profile):
+    result = knockoff(tiny_profile, "cifar10", validation_fraction=0.25)
+    assert "val_acc" in result.history[0]
+    chosen = max(result.history, key=lambda r: (r["val_acc"], -r["epoch"]))
+    assert result.val_selected_epoch == chosen["epoch"]
+    assert result.val_selected_accuracy == chosen["test_acc"] <= result.best_accuracy
+
+
+def test_pool_budget_error_through_the_attack(tiny_profile):
+    with pytest.raises(BudgetError):
+        knockoff(tiny_profile, "cifar10", budget=10_000)
+    assert knockoff(tiny_profile, "cifar10", budget="all").budget == 120
