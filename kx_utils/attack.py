@@ -16,7 +16,7 @@ import torch
 
 from .api import PredictionAPI, answers_to_targets
 from .artifacts import ArtifactStore
-from .data import ImageSet, resize_images
+from .data import ImageSet, dataset_info, resize_images
 from .models import build_model
 from .profiles import Profile, Recipe
 from .train import best_epoch, fit, per_class_accuracy, pick_device, predict_logits
@@ -45,11 +45,23 @@ def sample_transfer_set(pool_size: int, budget: int, seed: int, replace: bool = 
     return torch.randperm(pool_size, generator=gen)[:budget]
 
 
-def attacker_pool(profile: Profile, pool: str = "imagenet", split: str = "train",
+def attacker_pool(profile: Profile, pool: str = "imagenet", split: str | None = None,
                   size: int | None = None, store: ArtifactStore | None = None) -> ImageSet:
-    """The attacker's natural images (the paper: its ImageNet subset), capped to ``pool_size``."""
+    """The attacker's natural images (the paper: its ImageNet subset), capped to ``pool_size``.
+
+    ``split`` None means the profile's ``attacker_pool_split`` for ImageNet and "train"
+    for any other source; "all" concatenates every split of the dataset.
+    """
+    split = split or (profile.attacker_pool_split if pool == "imagenet" else "train")
     size = size or profile.image_size.get(pool, max(profile.image_size.values()))
-    images = load_dataset_split(profile, pool, split, size, store=store)
+    if split == "all":
+        info = dataset_info(pool)
+        parts = [load_dataset_split(profile, pool, s, size, store=store)
+                 for s in (info.standin_splits if profile.standins else info.splits)]
+        images = ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                          parts[0].classes, f"{pool}/all", [f for p in parts for f in p.files])
+    else:
+        images = load_dataset_split(profile, pool, split, size, store=store)
     if profile.pool_size is not None and len(images) > profile.pool_size:
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(profile.seed))
         images = images.subset(torch.sort(keep[:profile.pool_size]).values)
@@ -130,7 +142,7 @@ class KnockoffResult:
 
 
 def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int = 1, decimals: int = 1,
-             pool: str = "imagenet", pool_split: str = "train", budget: int | str | None = None,
+             pool: str = "imagenet", pool_split: str | None = None, budget: int | str | None = None,
              replace: bool = False, recipe: Recipe | None = None, batch_size: int | None = None,
              validation_fraction: float = 0.0, seed: int | None = None,
              store: ArtifactStore | None = None, detector=None, detector_action: str = "refuse"
@@ -148,6 +160,7 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
     victim = get_victim(profile, victim_key, store)
     spec = victim_spec(victim_key)
     surrogate_size = profile.image_size[spec.dataset]
+    pool_split = pool_split or (profile.attacker_pool_split if pool == "imagenet" else "train")
     pool_images = attacker_pool(profile, pool, pool_split, surrogate_size, store)
     budget = {None: profile.transfer_budget, "all": len(pool_images)}.get(budget, budget)
     recipe = recipe or profile.surrogate_recipe

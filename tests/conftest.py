@@ -15,6 +15,9 @@ from kx_utils.artifacts import ArtifactStore
 REPO = Path(__file__).resolve().parent.parent
 
 
+PALETTE = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (200, 30, 200), (30, 200, 200)]
+
+
 def write_image_folder(root: Path, classes: int, per_class: int, size: int = 16, seed: int = 0,
                        pattern: str = "colour") -> None:
     """Images whose class is visible: each class has its own colour (or stripe direction)."""
@@ -24,9 +27,7 @@ def write_image_folder(root: Path, classes: int, per_class: int, size: int = 16,
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             if pattern == "colour":
-                base = np.zeros((size, size, 3))
-                base[..., c % 3] = 200 - 40 * (c // 3)
-                img = base + rng.normal(0, 12, (size, size, 3))
+                img = np.array(PALETTE[c % len(PALETTE)], dtype=float) + rng.normal(0, 12, (size, size, 3))
             else:  # "noise": no class structure, the attacker's natural images
                 img = rng.uniform(0, 255, (size, size, 3))
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
@@ -56,5 +57,6 @@ def tiny_profile(tiny_data, tmp_path):
                        image_size=size, scratch_image_size=16, train_per_class=None,
                        test_per_class=None, pool_size=None, transfer_budget=60,
                        victim_recipe={"epochs": 2, "batch_size": 16, "lr": 0.01, "augment": "none"},
+                       scratch_recipe={"epochs": 8, "batch_size": 16},
                        surrogate_recipe={"epochs": 2, "batch_size": 16, "lr": 0.01},
                        device="cpu", progress=False)

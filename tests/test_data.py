@@ -101,3 +101,40 @@ def test_registry_covers_the_papers_datasets():
             "bing"} <= set(kd.DATASETS)
     for info in kd.DATASETS.values():
         assert info.how_to_get and info.standin_note
+
+
+def test_download_writes_imagefolder_atomically(tmp_path, monkeypatch, store):
+    from PIL import Image as PILImage
+
+    class FakeTorchvisionSet:
+        classes = ["cat", "dog"]
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return PILImage.new("RGB", (8, 8), (60 * i, 0, 0)), i % 2
+
+    def fake_cifar(raw, out):
+        for split in ("train", "test"):
+            kd._export_torchvision(FakeTorchvisionSet(), out / split, FakeTorchvisionSet.classes)
+
+    monkeypatch.setitem(kd.DOWNLOADERS, "cifar10", fake_cifar)
+    s = load_split("cifar10", "train", standins=False, root=tmp_path, store=store, allow_download=True)
+    assert len(s) == 4 and s.classes == ["cat", "dog"]
+
+    def broken(raw, out):
+        (out / "train" / "x").mkdir(parents=True)
+        raise ConnectionError("network down")
+
+    monkeypatch.setitem(kd.DOWNLOADERS, "gtsrb", broken)
+    with pytest.raises(ConnectionError):
+        load_split("gtsrb", "train", standins=False, root=tmp_path, store=store, allow_download=True)
+    assert not (tmp_path / "gtsrb").exists()  # no half-exported folder is left to be trusted
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gtsrb")]
+
+
+def test_without_download_permission_nothing_is_fetched(tmp_path, monkeypatch, store):
+    monkeypatch.setitem(kd.DOWNLOADERS, "cifar10", lambda raw, out: pytest.fail("downloaded"))
+    with pytest.raises(DatasetNotFoundError, match="download"):
+        load_split("cifar10", "train", standins=False, root=tmp_path, store=store)

@@ -1,0 +1,449 @@
+"""Run the six notebooks of a profile in order with papermill, resuming what already finished.
+
+Each notebook is executed into ``runs/<profile>/<name>.ipynb`` (or
+``$KX_RUNS/<profile>/``) and writes its own results next to it,
+``runs/<profile>/<name>.json``.  The pipeline keeps a small state file,
+``runs/<profile>/pipeline.json``, rewritten atomically after every change, with
+each notebook's status, parameters, wall time and error.  A rerun skips a
+notebook that finished with the same parameters and the same code cells and whose
+results file is still there; a notebook that failed or was killed runs again, and
+runs again cheaply, because the expensive steps inside it (victims, answers,
+surrogates) are cached artifacts.
+
+:func:`plan` checks, without training anything, that a profile's datasets and
+pretrained weights are present, and says what a run would train.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .artifacts import REPO_ROOT, atomic_write_text, cache_root
+from .profiles import Profile, get_profile
+from .results import results_path, runs_root
+
+NOTEBOOKS = ("01_victims", "02_knockoff", "03_detection", "04_architecture_and_output",
+             "05_hyperparameters", "06_in_distribution")
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+STATE_FILE = "pipeline.json"
+KEPT_INVOCATIONS = 20
+
+
+class PipelineError(RuntimeError):
+    """A run that cannot start or cannot go on; the message says why and what to do."""
+
+
+class NotebookFailed(PipelineError):
+    """A notebook raised an error: names the notebook, the failing cell and the executed copy."""
+
+    def __init__(self, notebook: str, message: str, executed: Path):
+        self.notebook, self.executed = notebook, executed
+        super().__init__(message)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``75.2`` -> ``1m15s``; ``3700`` -> ``1h01m40s``."""
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def select_notebooks(only: Iterable[str] | None = None) -> list[str]:
+    """The notebooks to run, in pipeline order.  ``only`` takes full names or unique prefixes
+    (``01``, ``02_knock``) or the part after the number (``knockoff``)."""
+    if not only:
+        return list(NOTEBOOKS)
+    chosen = set()
+    for name in only:
+        name = name.strip().removesuffix(".ipynb").removeprefix("notebooks/")
+        matches = [nb for nb in NOTEBOOKS
+                   if nb == name or nb.startswith(name) or nb.split("_", 1)[1] == name]
+        if len(matches) != 1:
+            why = "matches none" if not matches else f"is ambiguous ({', '.join(matches)})"
+            raise PipelineError(f"notebook {name!r} {why}; the notebooks are: {', '.join(NOTEBOOKS)}")
+        chosen.add(matches[0])
+    return [nb for nb in NOTEBOOKS if nb in chosen]
+
+
+def notebook_fingerprint(path: Path) -> str:
+    """A hash of the notebook's code cells: editing code makes its earlier results stale,
+    editing prose does not."""
+    with open(path) as f:
+        nb = json.load(f)
+    code = [c.get("source", "") for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+    code = ["".join(s) if isinstance(s, list) else s for s in code]
+    return hashlib.sha256(json.dumps(code).encode()).hexdigest()[:16]
+
+
+def run_dir(profile_name: str, runs: str | os.PathLike | None = None) -> Path:
+    return runs_root(runs) / profile_name
+
+
+def state_path(profile_name: str, runs: str | os.PathLike | None = None) -> Path:
+    return run_dir(profile_name, runs) / STATE_FILE
+
+
+def load_state(profile_name: str, runs: str | os.PathLike | None = None) -> dict:
+    """The pipeline state of a profile (empty when no run has happened yet)."""
+    path = state_path(profile_name, runs)
+    if path.is_file():
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            if isinstance(state, dict):
+                state.setdefault("notebooks", {})
+                state.setdefault("invocations", [])
+                return state
+        except json.JSONDecodeError:
+            pass  # written atomically, so only a hand edit can break it: start afresh
+    return {"profile": profile_name, "notebooks": {}, "invocations": []}
+
+
+def save_state(state: dict, profile_name: str, runs: str | os.PathLike | None = None) -> None:
+    atomic_write_text(state_path(profile_name, runs), json.dumps(state, indent=1))
+
+
+def papermill_execute(notebook: Path, executed: Path, parameters: dict, cwd: Path) -> None:
+    """Execute ``notebook`` into ``executed`` with papermill (a progress bar on a terminal)."""
+    import papermill
+
+    with open(notebook) as f:
+        has_kernel = bool(json.load(f).get("metadata", {}).get("kernelspec"))
+    papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, cwd=str(cwd),
+                               kernel_name=None if has_kernel else "python3",
+                               language=None if has_kernel else "python",
+                               progress_bar=sys.stderr.isatty(), log_output=False,
+                               request_save_on_cell_execute=True)
+
+
+def finished_reason(entry: dict | None, parameters: dict, fingerprint: str, results: Path
+                    ) -> str | None:
+    """Why an earlier run of a notebook can be reused, or None when it must run (again)."""
+    if not entry or entry.get("status") != "finished":
+        return None
+    if entry.get("parameters") != parameters or entry.get("fingerprint") != fingerprint:
+        return None
+    if not results.is_file() or results.stat().st_mtime < entry.get("started_at", float("inf")):
+        return None
+    return f"finished {entry.get('finished', '')} in {format_seconds(entry.get('wall_seconds'))}"
+
+
+def _rerun_reason(entry: dict | None, parameters: dict, fingerprint: str, results: Path) -> str:
+    if not entry:
+        return "first run"
+    status = entry.get("status")
+    if status in ("running", "interrupted"):
+        return "its last run was interrupted; its cached models and answers are reused"
+    if status == "failed":
+        return "its last run failed"
+    if entry.get("parameters") != parameters:
+        return "parameters changed"
+    if entry.get("fingerprint") != fingerprint:
+        return "its code cells changed"
+    if not results.is_file():
+        return f"its results {results.name} are missing"
+    return "its results are older than its last run"
+
+
+def _cell_error(exc) -> tuple[str, dict]:
+    """A readable description of a papermill cell error, and the same as a dict for the state."""
+    source = (exc.source or "").strip().splitlines()
+    shown = "\n".join(f"    {line}" for line in source[:12])
+    if len(source) > 12:
+        shown += f"\n    ... ({len(source) - 12} more lines)"
+    cell = f"cell {exc.cell_index}" + (f" (In [{exc.exec_count}])" if exc.exec_count else "")
+    text = f"{cell} raised {exc.ename}: {exc.evalue}\n  the cell:\n{shown}"
+    return text, {"cell_index": exc.cell_index, "exec_count": exc.exec_count, "ename": exc.ename,
+                  "evalue": exc.evalue, "source": exc.source}
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path):
+    """Refuse a second concurrent run of the same profile (the lock is released on a kill)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".pipeline.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise PipelineError(f"another `kx_utils reproduce` is running on {folder}; wait for it "
+                                "to end (two runs would overwrite each other's notebooks)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _count_files(root: Path) -> int:
+    count = 0
+    for _, _, files in os.walk(root):
+        count += len(files)
+    return count
+
+
+def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool = False,
+              overrides: dict | None = None, runs: str | os.PathLike | None = None,
+              notebook_dir: str | os.PathLike | None = None,
+              execute: Callable[[Path, Path, dict, Path], None] | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Run the selected notebooks of ``profile_name`` in order; return the pipeline state.
+
+    Raises :class:`NotebookFailed` on the first notebook that fails (the rest do
+    not run) and :class:`PipelineError` when a run cannot start.  ``execute``
+    replaces the papermill call (tests).
+    """
+    execute = execute or papermill_execute
+    overrides = dict(overrides or {})
+    profile = get_profile(profile_name, **overrides)  # a bad name or key fails before anything runs
+    selected = select_notebooks(only)
+    nb_dir = Path(notebook_dir or NOTEBOOK_DIR)
+    missing = [nb for nb in selected if not (nb_dir / f"{nb}.ipynb").is_file()]
+    if missing:
+        raise PipelineError(f"notebook(s) not found: {', '.join(str(nb_dir / f'{m}.ipynb') for m in missing)}"
+                            "; run the ones that exist with --only")
+    folder = run_dir(profile.name, runs)
+    parameters = {"profile": profile.name, "overrides": overrides}
+    cache = cache_root(profile.cache_root)
+
+    with _exclusive(folder):
+        state = load_state(profile.name, runs)
+        invocation = {"started": _now(), "only": selected if only else None, "force": force,
+                      "overrides": overrides, "ran": [], "reused": [], "status": "running",
+                      "cache_root": str(cache),
+                      "cache_files_at_start": _count_files(cache) if cache.is_dir() else 0}
+        state["invocations"] = (state["invocations"] + [invocation])[-KEPT_INVOCATIONS:]
+        save_state(state, profile.name, runs)
+        log(f"kx reproduce: profile {profile.name}, {len(selected)} notebook(s); executed copies and "
+            f"results in {folder}")
+        t_start = time.perf_counter()
+        try:
+            for i, nb in enumerate(selected, 1):
+                tag = f"[{i}/{len(selected)}] {nb:28s}"
+                source = nb_dir / f"{nb}.ipynb"
+                executed, results = folder / f"{nb}.ipynb", results_path(nb, profile.name, runs)
+                fingerprint = notebook_fingerprint(source)
+                entry = state["notebooks"].get(nb)
+                reused = None if force else finished_reason(entry, parameters, fingerprint, results)
+                if reused:
+                    log(f"{tag} reused: {reused} with the same parameters (--force reruns it)")
+                    invocation["reused"].append(nb)
+                    continue
+                why = "forced" if force and entry else _rerun_reason(entry, parameters, fingerprint, results)
+                log(f"{tag} running ({why}) ...")
+                _run_one(state, nb, source, executed, results, parameters, fingerprint, profile.name,
+                         runs, execute, nb_dir, log, tag)
+                invocation["ran"].append(nb)
+            invocation["status"] = "finished"
+        except NotebookFailed:
+            invocation["status"] = "failed"
+            raise
+        except KeyboardInterrupt:
+            invocation["status"] = "interrupted"
+            raise
+        finally:
+            invocation["finished"] = _now()
+            invocation["wall_seconds"] = time.perf_counter() - t_start
+            save_state(state, profile.name, runs)
+        total = sum(state["notebooks"][nb].get("wall_seconds") or 0 for nb in selected)
+        log(f"done: {len(invocation['ran'])} ran, {len(invocation['reused'])} reused; this command took "
+            f"{format_seconds(invocation['wall_seconds'])}; the {len(selected)} notebook(s) took "
+            f"{format_seconds(total)} in their last runs")
+    return state
+
+
+def _run_one(state, nb, source, executed, results, parameters, fingerprint, profile_name, runs,
+             execute, nb_dir, log, tag) -> None:
+    previous = state["notebooks"].get(nb) or {}
+    entry = {"status": "running", "started": _now(), "started_at": time.time(),
+             "parameters": parameters, "fingerprint": fingerprint, "executed": str(executed),
+             "results": str(results), "attempts": int(previous.get("attempts", 0)) + 1}
+    state["notebooks"][nb] = entry
+    save_state(state, profile_name, runs)
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _execute_and_check(entry, nb, source, executed, results, parameters, execute, nb_dir, log, tag)
+    finally:  # every outcome is on disk before anything else happens
+        save_state(state, profile_name, runs)
+
+
+def _execute_and_check(entry, nb, source, executed, results, parameters, execute, nb_dir, log, tag):
+    t0 = time.perf_counter()
+    try:
+        execute(source, executed, parameters, nb_dir)
+    except KeyboardInterrupt:
+        entry.update(status="interrupted", wall_seconds=time.perf_counter() - t0, finished=_now())
+        log(f"{tag} interrupted after {format_seconds(entry['wall_seconds'])}; a rerun resumes here")
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure stops the run with a readable message
+        entry.update(status="failed", wall_seconds=time.perf_counter() - t0, finished=_now())
+        if hasattr(exc, "ename") and hasattr(exc, "cell_index"):
+            detail, entry["error"] = _cell_error(exc)
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
+            entry["error"] = {"ename": type(exc).__name__, "evalue": str(exc)}
+        message = (f"notebook {nb} failed after {format_seconds(entry['wall_seconds'])}: {detail}\n"
+                   f"  executed copy (with the traceback): {executed}\n"
+                   f"  fix it, then rerun the same command: finished notebooks are reused")
+        raise NotebookFailed(nb, message, executed) from exc
+    wall = time.perf_counter() - t0
+    if not results.is_file() or results.stat().st_mtime < entry["started_at"]:
+        entry.update(status="failed", wall_seconds=wall, finished=_now(),
+                     error={"ename": "NoResults", "evalue": f"{results} was not written"})
+        raise NotebookFailed(nb, f"notebook {nb} ran to the end but did not write {results} "
+                                 f"(its last cell must call run.save()); executed copy: {executed}", executed)
+    entry.update(status="finished", wall_seconds=wall, finished=_now())
+    log(f"{tag} finished in {format_seconds(wall)}")
+
+
+# ---------------------------------------------------------------- the plan (trains nothing)
+
+
+@dataclass
+class Plan:
+    profile: str
+    lines: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # each: what is missing and how to get it
+    warnings: list[str] = field(default_factory=list)  # present but not as the paper's
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def text(self) -> str:
+        out = [f"kx plan for profile {self.profile}", *self.lines, "", "Checked present:"]
+        out += [f"  ok  {p}" for p in self.present] or ["  (nothing)"]
+        if self.warnings:
+            out += ["", "Present, but smaller than the paper's:"] + [f"  WARNING  {w}" for w in self.warnings]
+        out += ["", "Missing:" if self.missing else "Missing: nothing; the run can start."]
+        out += [f"  MISSING  {m}" for m in self.missing]
+        if self.missing:
+            out += ["", f"{len(self.missing)} item(s) missing: get them before `python -m kx_utils "
+                        f"reproduce --profile {self.profile}`."]
+        return "\n".join(out)
+
+
+def _recipe_text(recipe) -> str:
+    return (f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g}, "
+            f"augment {recipe.augment}")
+
+
+def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
+    """Notebooks 04-06, with the sizes of :mod:`kx_utils.experiments`'s plan where it has them."""
+    try:
+        from .experiments import section5_plan
+        s5 = section5_plan(p)
+    except (ImportError, AttributeError, ValueError):  # the notebooks' helpers decide the details
+        s5 = None
+    budget, epochs = p.transfer_budget, p.surrogate_recipe.epochs
+    extra = (getattr(s5, "extra_format_victims", None) or ()) if s5 else ()
+    t7_victims = len(s5.table7_victims or ()) or victims if s5 else victims
+    t7_sizes = (s5.table7_batch_sizes if s5 else None) or p.batch_sizes
+    f2 = (f"Figure 2: {', '.join(s5.figure2_victims)} with {s5.figure2_budget or budget:,} queries for "
+          f"{s5.figure2_epochs or epochs} epochs" if s5 else "Figure 2: Caltech, CIFAR10, GTSRB-5L")
+    grid = (f"a validation grid of batch sizes {', '.join(map(str, s5.grid_batch_sizes or p.batch_sizes))} "
+            f"x {s5.grid_epochs or epochs} epochs{' (and the same grid on ImageNet queries)' if s5.imagenet_control else ''}"
+            if s5 else "batch size and epochs chosen on a validation split")
+    per_class = "all available" if p.in_distribution_per_class is None else p.in_distribution_per_class
+    return [
+        f"04_architecture_and_output: Table 5: surrogates for GTSRB-5L and CIFAR10-9L ({budget:,} queries each); "
+        f"Table 6: a label-only surrogate per pretrained victim ({pretrained}), top-1/top-3/rounded answers for "
+        f"{', '.join(extra) if extra else 'every pretrained victim'}; 5.1.3: a GTSRB surrogate on Diabetic5 queries",
+        f"05_hyperparameters: Table 7: {t7_victims} victims x batch sizes {', '.join(map(str, t7_sizes))} "
+        f"({budget:,} queries, {epochs} epochs); {f2}; early stopping on a "
+        f"{p.validation_fraction:.0%} validation split",
+        f"06_in_distribution: 5.2.2: Caltech attacked with {per_class} in-distribution images per class, {grid}",
+    ]
+
+
+def plan(profile: Profile) -> Plan:
+    """What a run of ``profile`` would train, and whether its data and weights are present.
+
+    Checks folders and weight files only: no dataset is decoded, no model built.
+    """
+    from .data import DATASETS, DatasetNotFoundError, data_root, list_image_folder, split_folder
+    from .models import MissingWeightsError, resolve_weights
+    from .victims import PRETRAINED_VICTIMS, VICTIMS, victim_arch, victim_image_size, \
+        victim_name, victim_recipe
+
+    p = profile
+    out = Plan(p.name)
+    cap = lambda n: "all" if n is None else f"{n:,}"  # noqa: E731
+    out.lines += [p.description, ""]
+    out.lines.append(f"01_victims: {len(VICTIMS)} victims (train images per class: {cap(p.train_per_class)}, "
+                     f"test per class: {cap(p.test_per_class)})")
+    for key in VICTIMS:
+        size = victim_image_size(p, key)
+        kind = "ImageNet-pretrained" if key in PRETRAINED_VICTIMS else "from scratch"
+        out.lines.append(f"  {victim_name(p, key):16s} {victim_arch(p, key)} ({kind}), {size} px, "
+                         f"{_recipe_text(victim_recipe(p, key))}")
+    s = p.surrogate_recipe
+    pool = DATASETS["imagenet"]
+    pool_name = f"{pool.standin} (stand-in for ImageNet)" if p.standins else pool.folder
+    out.lines += [
+        f"02_knockoff: {len(PRETRAINED_VICTIMS)} surrogates {p.surrogate_arch} (pretrained), "
+        f"{p.transfer_budget:,} queries each from {pool_name}, {_recipe_text(s)}",
+        f"03_detection: Table 3 on CUBS: {', '.join(p.detector_scratch_archs)} from scratch, with and "
+        f"without ImageNet-overlapping classes ({_recipe_text(p.detector_recipe)}); "
+        f"{', '.join(p.detector_cv_archs)} frozen + logistic regression ({p.cv_folds}-fold CV). "
+        f"Table 4: the chosen detector for {len(PRETRAINED_VICTIMS)} victims against MSP/ODIN/Mahalanobis "
+        f"(TNR {p.baseline_tnr:.0%}); ImageNet train/test {cap(p.detector_ood_train)}/{cap(p.detector_ood_test)}, "
+        f"OpenImages test {cap(p.openimages_test)}",
+        *_section5_lines(p, len(PRETRAINED_VICTIMS), len(VICTIMS)),
+        f"Surrogate training epochs: {s.epochs} (the paper: 200). Nothing is trained by --plan.",
+    ]
+
+    # data: every split the profile's layout declares for every dataset of the paper
+    try:
+        root = data_root(p.data_root)
+    except DatasetNotFoundError as exc:
+        out.missing.append(str(exc))
+        root = None
+    if root is not None:
+        for key, info in DATASETS.items():
+            splits = info.standin_splits if p.standins else info.splits
+            for split in splits:
+                try:
+                    path = split_folder(key, split, p.standins, root, allow_download=False)
+                except DatasetNotFoundError as exc:
+                    out.missing.append(f"dataset {info.paper_name} ({key}) split {split}: {exc}")
+                    continue
+                out.present.append(f"dataset {info.paper_name} {split}: {path}")
+                expected = {"train": info.paper_train, "test": info.paper_test}.get(split)
+                if not p.standins and expected:  # a subset in the paper's place would not reproduce it
+                    found = len(list_image_folder(path)[1])
+                    if found < expected:
+                        out.warnings.append(f"dataset {info.paper_name} {split} at {path} holds {found:,} "
+                                            f"images, the paper's has {expected:,} ({info.how_to_get})")
+
+    # weights: every pretrained model the profile uses (scratch detectors need none)
+    for arch in dict.fromkeys([p.backbone, p.surrogate_arch, *p.detector_cv_archs]):
+        try:
+            out.present.append(f"ImageNet weights of {arch}: {resolve_weights(arch)}")
+        except MissingWeightsError as exc:
+            out.missing.append(f"ImageNet weights of {arch}: {exc}")
+    return out

@@ -1,0 +1,182 @@
+import math
+
+import pytest
+import torch
+
+from kx_utils.attack import KnockoffResult, attacker_pool, knockoff
+from kx_utils.experiments import (SECTION5_PLANS, attack_formats, batch_size_rows, curve_entry,
+                                  early_stopping_row, figure1_data, flagged_share, format_row,
+                                  imagenet_queries, in_distribution_budget, largest_gaps, section5_plan,
+                                  select_by_validation, transfer_answers, validation_grid)
+
+
+def fake_result(test_accs, val_accs=None, victim_acc=0.8):
+    """A KnockoffResult with a made-up history, as knockoff would report it."""
+    history = [{"epoch": i + 1, "test_acc": t} for i, t in enumerate(test_accs)]
+    val = None
+    if val_accs is not None:
+        for row, v in zip(history, val_accs):
+            row["val_acc"] = v
+        val = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
+    best = max(history, key=lambda r: (r["test_acc"], -r["epoch"]))
+    return KnockoffResult(
+        victim="cifar10", victim_name="CIFAR10-MNV2", victim_accuracy=victim_acc, surrogate_arch="mobilenet_v2",
+        api={"mode": "probs"}, pool="imagenet", budget=100, batch_size=64, epochs=len(history),
+        final_accuracy=history[-1]["test_acc"], best_accuracy=best["test_acc"], best_epoch=best["epoch"],
+        history=history, per_class_victim=[0.9, 0.8, 0.7], per_class_surrogate=[0.5, 0.8, 0.6],
+        transfer_histogram=[50, 30, 20], queries_sent=0, query_count=100, refused=0,
+        val_selected_accuracy=None if val is None else val["test_acc"],
+        val_selected_epoch=None if val is None else val["epoch"])
+
+
+# ----------------------------------------------------------------- pure helpers
+
+
+def test_largest_gaps_orders_by_victim_minus_surrogate_and_skips_missing_classes():
+    victim = [0.9, 0.8, 0.7, float("nan"), 0.6]
+    surrogate = [0.85, 0.4, 0.3, 0.0, 0.6]
+    # gaps: 0.05, 0.4, 0.4, (nan), 0.0 -> the tie between classes 1 and 2 keeps the lower index first
+    assert largest_gaps(victim, surrogate, 2) == [1, 2]
+    assert largest_gaps(victim, surrogate, 10) == [1, 2, 0, 4]
+    with pytest.raises(ValueError, match="one entry per class"):
+        largest_gaps([0.1, 0.2], [0.1], 1)
+
+
+def test_figure1_data_names_the_largest_gaps():
+    result = fake_result([0.5, 0.6])
+    data = figure1_data(result, ["cat", "dog", "emu"], n_gaps=2)
+    assert data["largest_gaps"] == ["cat", "emu"] and data["largest_gap_indices"] == [0, 2]
+    assert data["histogram"] == [50, 30, 20] and data["classes"] == ["cat", "dog", "emu"]
+    with pytest.raises(ValueError, match="class names"):
+        figure1_data(result, ["cat", "dog"])
+
+
+def test_select_by_validation_takes_the_best_cell_earliest_epoch_then_first_batch_size():
+    histories = {
+        16: [{"epoch": 1, "val_acc": 0.4, "test_acc": 0.30}, {"epoch": 2, "val_acc": 0.6, "test_acc": 0.50},
+             {"epoch": 3, "val_acc": 0.6, "test_acc": 0.55}],
+        64: [{"epoch": 1, "val_acc": 0.5, "test_acc": 0.40}, {"epoch": 2, "val_acc": 0.6, "test_acc": 0.45}],
+        128: [{"epoch": 1, "val_acc": 0.3, "test_acc": 0.70}],
+    }
+    batch_size, row = select_by_validation(histories)
+    assert (batch_size, row["epoch"], row["test_acc"]) == (16, 2, 0.50)  # not the test-best cell (bs 128)
+    histories[64][1]["val_acc"] = 0.61
+    assert select_by_validation(histories)[0] == 64
+    with pytest.raises(ValueError, match="validation_fraction"):
+        select_by_validation({16: [{"epoch": 1, "test_acc": 0.3}]})
+    with pytest.raises(ValueError, match="empty"):
+        select_by_validation({})
+
+
+def test_early_stopping_row_measures_the_share_of_the_gain_captured():
+    # test accuracy peaks at epoch 2 (0.7), ends at 0.5; validation peaks at epoch 3 (test 0.6)
+    result = fake_result([0.4, 0.7, 0.6, 0.5], val_accs=[0.3, 0.5, 0.55, 0.52])
+    row = early_stopping_row(result)
+    assert (row["best_epoch"], row["val_selected_epoch"], row["final_epoch"]) == (2, 3, 4)
+    assert row["val_selected_acc"] == 0.6 and row["final_acc"] == 0.5
+    assert row["gain_captured"] == pytest.approx((0.6 - 0.5) / (0.7 - 0.5))
+    no_gain = early_stopping_row(fake_result([0.4, 0.6], val_accs=[0.5, 0.4]))
+    assert no_gain["gain_captured"] is None and no_gain["val_selected_acc"] == 0.4  # stopping early hurt here
+    with pytest.raises(ValueError, match="validation_fraction"):
+        early_stopping_row(fake_result([0.4, 0.6]))
+
+
+def test_curve_entry_keeps_the_per_epoch_curves():
+    entry = curve_entry(fake_result([0.4, 0.7, 0.6], val_accs=[0.3, 0.5, 0.55]))
+    assert entry["test_acc_per_epoch"] == [0.4, 0.7, 0.6] and entry["val_acc_per_epoch"] == [0.3, 0.5, 0.55]
+    assert (entry["best_epoch"], entry["best_acc"], entry["final_acc"], entry["val_selected_epoch"]) == (2, 0.7, 0.6, 3)
+    assert "val_acc_per_epoch" not in curve_entry(fake_result([0.4, 0.7]))
+
+
+def test_flagged_share_counts_one_flag_per_image():
+    images = torch.zeros(8, 3, 4, 4, dtype=torch.uint8)
+    images[:3] = 255
+    assert flagged_share(lambda x: x.flatten(1).float().mean(1) > 100, images) == pytest.approx(3 / 8)
+    with pytest.raises(ValueError, match="one bool per image"):
+        flagged_share(lambda x: torch.ones(3, dtype=torch.bool), images)
+
+
+def test_section5_plan_applies_changes_and_rejects_unknown_ones(tiny_profile):
+    plan = section5_plan(tiny_profile, figure2_epochs=7, grid_batch_sizes=[16, 32], table7_victims=None)
+    assert plan.figure2_epochs == 7 and plan.grid_batch_sizes == (16, 32)
+    assert plan.table7_victims == SECTION5_PLANS["smoke"].table7_victims  # None keeps the plan's value
+    with pytest.raises(ValueError, match="figure2_epochs"):
+        section5_plan(tiny_profile, figure_epochs=3)
+    assert set(SECTION5_PLANS) == {"smoke", "mini", "paper"}
+
+
+def test_in_distribution_budget_is_per_class_times_classes_capped_by_the_pool(tiny_profile):
+    assert in_distribution_budget(tiny_profile.replace(in_distribution_per_class=4), 10, 1000) == 40
+    assert in_distribution_budget(tiny_profile.replace(in_distribution_per_class=400), 10, 1000) == 1000
+    assert in_distribution_budget(tiny_profile.replace(in_distribution_per_class=None), 10, 1351) == 1351
+
+
+# ----------------------------------------------------------------- through the attack (tiny data)
+
+
+def test_transfer_answers_share_knockoffs_cache(tiny_profile, store):
+    answered = transfer_answers(tiny_profile, "cifar10", mode="topk", k=3, store=store)
+    assert answered["queries"] == tiny_profile.transfer_budget
+    assert ((answered["answers"] > 0).sum(1) <= 3).all()
+    result = knockoff(tiny_profile, "cifar10", mode="topk", k=3, store=store)
+    assert result.queries_sent == 0 and result.query_count == tiny_profile.transfer_budget
+    knockoff(tiny_profile, "cifar10", mode="rounded", decimals=1, store=store)
+    again = transfer_answers(tiny_profile, "cifar10", mode="rounded", decimals=1, store=store)
+    assert again["queries"] == 0
+    assert torch.equal(again["answers"], (again["answers"] * 10).round() / 10)  # one decimal
+    everything = tiny_profile.replace(attacker_pool_split="all")  # the pool split follows the profile
+    answered_all = transfer_answers(everything, "cifar10", mode="label", budget="all", store=store)
+    assert answered_all["queries"] == 120 + 24  # tiny_imagenet train + val
+    assert knockoff(everything, "cifar10", mode="label", budget="all", store=store).queries_sent == 0
+
+
+def test_attack_formats_reuses_the_label_surrogate_for_top1_only(tiny_profile, store):
+    outcomes = attack_formats(tiny_profile, "cifar10", ("probs", "label", "top1", "top3"), store=store)
+    assert outcomes["top1"].same_targets_as == "label"
+    assert outcomes["top1"].result is outcomes["label"].result
+    assert outcomes["top3"].same_targets_as is None and outcomes["probs"].same_targets_as is None
+    assert outcomes["top3"].result.api == {"mode": "topk", "k": 3}
+    trained = list((store.root / "surrogate").glob("*.pt"))
+    assert len(trained) == 3  # probs, label, top3: top-1 trained nothing
+    row = format_row(outcomes)
+    assert row["top1_acc"] == row["label_acc"] and row["top1_same_targets_as"] == "label"
+    assert row["rounded_acc"] is None and row["rounded_recovery"] is None
+    assert row["top3_recovery"] == pytest.approx(row["top3_acc"] / row["victim_acc"])
+    with pytest.raises(ValueError, match="valid: probs"):
+        attack_formats(tiny_profile, "cifar10", ("logits",), store=store)
+
+
+def test_batch_size_rows_reuse_the_default_surrogate(tiny_profile, store):
+    default = knockoff(tiny_profile, "cifar10", store=store)  # batch size 16: the profile's recipe
+    seen = []
+    rows, results = batch_size_rows(tiny_profile, ["cifar10"], [16, 32], store=store,
+                                    on_result=lambda k, b, r: seen.append((k, b, r.from_cache)))
+    assert seen == [("cifar10", 16, True), ("cifar10", 32, False)]
+    row = rows["cifar10"]
+    assert row["bs16"] == default.final_accuracy and row["bs32"] == results["cifar10"][32].final_accuracy
+    assert results["cifar10"][32].batch_size == 32
+    assert row["steps_per_epoch"] == {"bs16": math.ceil(60 / 16), "bs32": math.ceil(60 / 32)}
+    assert row["best_batch_size"] in (16, 32)
+
+
+def test_validation_grid_chooses_on_validation_and_reports_that_cells_test_accuracy(tiny_profile, store):
+    grid = validation_grid(tiny_profile, "cifar10", batch_sizes=[16, 32], epochs=3, validation_fraction=0.25,
+                           store=store)
+    assert set(grid["grid"]) == {"bs16", "bs32"}
+    cells = grid["grid"]
+    assert all(len(c["val_acc_per_epoch"]) == 3 for c in cells.values())
+    best_val = max(max(c["val_acc_per_epoch"]) for c in cells.values())
+    chosen = cells[f"bs{grid['chosen_batch_size']}"]
+    assert grid["chosen_val_acc"] == best_val == chosen["val_acc_per_epoch"][grid["chosen_epochs"] - 1]
+    assert grid["test_acc"] == chosen["test_acc_per_epoch"][grid["chosen_epochs"] - 1]
+    for b, result in grid["results"].items():
+        assert result.epochs == 3 and result.batch_size == b and result.val_selected_epoch is not None
+    with pytest.raises(ValueError, match="validation_fraction"):
+        validation_grid(tiny_profile, "cifar10", batch_sizes=[16], epochs=2, validation_fraction=0.0, store=store)
+
+
+def test_imagenet_queries_are_the_first_queries_of_the_transfer_set(tiny_profile, store):
+    answered = transfer_answers(tiny_profile, "cifar10", store=store)
+    pool = attacker_pool(tiny_profile, "imagenet", None, 16, store)
+    first = imagenet_queries(tiny_profile, 10, 16, store)
+    assert torch.equal(first, pool.images[answered["indices"][:10]])

@@ -1,0 +1,300 @@
+"""The pipeline: order, resume, failure, the plan and the CLI — with the papermill call replaced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from papermill.exceptions import PapermillExecutionError
+
+from kx_utils import __main__ as cli
+from kx_utils import pipeline as pl
+from kx_utils import report as rp
+from kx_utils.pipeline import NOTEBOOKS, NotebookFailed, PipelineError, load_state, reproduce
+
+
+def write_notebook(path: Path, code: str = "x = 1") -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "mini"\noverrides = {}')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# title"), params, nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def notebooks(tmp_path) -> Path:
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name in NOTEBOOKS:
+        write_notebook(folder / f"{name}.ipynb")
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "runs"
+    monkeypatch.setenv("KX_RUNS", str(root))
+    monkeypatch.setenv("KX_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+class FakeExecute:
+    """Stands in for papermill: records each call and writes the notebook's results JSON."""
+
+    def __init__(self, fail: dict | None = None, write_results: bool = True):
+        self.calls: list[str] = []
+        self.fail = fail or {}  # notebook -> exception to raise
+        self.write_results = write_results
+
+    def __call__(self, notebook: Path, executed: Path, parameters: dict, cwd: Path) -> None:
+        name = notebook.stem
+        self.calls.append(name)
+        executed.write_text("{}")
+        if name in self.fail:
+            raise self.fail[name]
+        if self.write_results:
+            results = executed.with_suffix(".json")
+            results.write_text(json.dumps({"notebook": name, "profile": parameters["profile"],
+                                           "wall_seconds": 1.0, "parameters": parameters}))
+
+
+def cell_error(evalue: str = "surrogate below chance") -> PapermillExecutionError:
+    return PapermillExecutionError(cell_index=5, exec_count=4, source="assert acc > chance, 'below chance'",
+                                   ename="AssertionError", evalue=evalue, traceback=["Traceback ..."])
+
+
+def run(notebooks, **kwargs):
+    logs: list[str] = []
+    state = reproduce("smoke", notebook_dir=notebooks, log=logs.append, **kwargs)
+    return state, "\n".join(logs)
+
+
+def test_notebook_selection_accepts_names_and_prefixes_in_pipeline_order():
+    assert pl.select_notebooks(None) == list(NOTEBOOKS)
+    assert pl.select_notebooks(["02", "01_victims", "knockoff"]) == ["01_victims", "02_knockoff"]
+    assert pl.select_notebooks(["06_in_distribution.ipynb"]) == ["06_in_distribution"]
+    with pytest.raises(PipelineError, match="matches none.*01_victims"):
+        pl.select_notebooks(["07"])
+    with pytest.raises(PipelineError, match="ambiguous"):
+        pl.select_notebooks(["0"])
+
+
+def test_runs_all_notebooks_in_order_with_the_profile_parameters(notebooks, runs):
+    fake = FakeExecute()
+    state, log = run(notebooks, execute=fake, overrides={"transfer_budget": 50})
+    assert fake.calls == list(NOTEBOOKS)
+    for name in NOTEBOOKS:
+        entry = state["notebooks"][name]
+        assert entry["status"] == "finished" and entry["wall_seconds"] >= 0
+        assert entry["parameters"] == {"profile": "smoke", "overrides": {"transfer_budget": 50}}
+        assert json.loads((runs / "smoke" / f"{name}.json").read_text())["parameters"] == entry["parameters"]
+        assert f"{name}" in log and "finished in" in log
+    assert load_state("smoke") == state  # the state on disk is the final one
+    invocation = state["invocations"][-1]
+    assert invocation["status"] == "finished" and invocation["ran"] == list(NOTEBOOKS)
+    assert invocation["cache_files_at_start"] == 0
+
+
+def test_a_rerun_reuses_finished_notebooks_unless_something_changed(notebooks, runs):
+    fake = FakeExecute()
+    run(notebooks, execute=fake)
+    fake.calls.clear()
+    _, log = run(notebooks, execute=fake)
+    assert fake.calls == [] and log.count("reused: finished") == len(NOTEBOOKS)
+
+    run(notebooks, execute=fake, force=True, only=["02"])
+    assert fake.calls == ["02_knockoff"]
+
+    fake.calls.clear()
+    write_notebook(notebooks / "04_architecture_and_output.ipynb", code="x = 2")  # code changed
+    (runs / "smoke" / "05_hyperparameters.json").unlink()  # results lost
+    _, log = run(notebooks, execute=fake)
+    assert fake.calls == ["04_architecture_and_output", "05_hyperparameters"]
+    assert "code cells changed" in log and "05_hyperparameters.json are missing" in log
+
+    fake.calls.clear()
+    run(notebooks, execute=fake, overrides={"transfer_budget": 10})
+    assert fake.calls == list(NOTEBOOKS)  # other parameters: everything again
+
+
+def test_editing_only_prose_keeps_the_results(notebooks, runs):
+    fake = FakeExecute()
+    run(notebooks, execute=fake)
+    nb = nbformat.read(notebooks / "01_victims.ipynb", as_version=4)
+    nb.cells[0].source = "# a better title"
+    nbformat.write(nb, notebooks / "01_victims.ipynb")
+    fake.calls.clear()
+    run(notebooks, execute=fake)
+    assert fake.calls == []
+
+
+def test_a_failing_notebook_stops_the_run_with_its_name_cell_and_error(notebooks, runs):
+    fake = FakeExecute(fail={"03_detection": cell_error()})
+    with pytest.raises(NotebookFailed) as info:
+        run(notebooks, execute=fake)
+    message = str(info.value)
+    assert info.value.notebook == "03_detection"
+    assert "notebook 03_detection failed" in message
+    assert "cell 5 (In [4]) raised AssertionError: surrogate below chance" in message
+    assert "assert acc > chance" in message
+    assert str(runs / "smoke" / "03_detection.ipynb") in message
+    assert fake.calls == ["01_victims", "02_knockoff", "03_detection"]  # nothing after it ran
+
+    state = load_state("smoke")
+    assert state["notebooks"]["03_detection"]["status"] == "failed"
+    assert state["notebooks"]["03_detection"]["error"]["ename"] == "AssertionError"
+    assert state["invocations"][-1]["status"] == "failed"
+
+    fixed = FakeExecute()
+    _, log = run(notebooks, execute=fixed)
+    assert fixed.calls == list(NOTEBOOKS[2:])  # 01 and 02 reused, the failed one runs again
+    assert "last run failed" in log
+    assert load_state("smoke")["notebooks"]["03_detection"]["attempts"] == 2
+
+
+def test_a_killed_notebook_runs_again_and_the_finished_ones_are_reused(notebooks, runs):
+    with pytest.raises(KeyboardInterrupt):
+        run(notebooks, execute=FakeExecute(fail={"02_knockoff": KeyboardInterrupt()}))
+    assert load_state("smoke")["notebooks"]["02_knockoff"]["status"] == "interrupted"
+
+    # a hard kill leaves the notebook "running" in the state file: it is rerun as well
+    state = load_state("smoke")
+    state["notebooks"]["02_knockoff"]["status"] = "running"
+    pl.save_state(state, "smoke")
+    fake = FakeExecute()
+    _, log = run(notebooks, execute=fake)
+    assert fake.calls == list(NOTEBOOKS[1:])
+    assert "interrupted" in log and "cached" in log
+
+
+def test_a_notebook_that_writes_no_results_fails(notebooks, runs):
+    with pytest.raises(NotebookFailed, match="did not write .*01_victims.json"):
+        run(notebooks, execute=FakeExecute(write_results=False))
+
+
+def test_missing_notebooks_and_bad_profiles_stop_before_anything_runs(notebooks, runs):
+    (notebooks / "06_in_distribution.ipynb").unlink()
+    fake = FakeExecute()
+    with pytest.raises(PipelineError, match="06_in_distribution.ipynb"):
+        run(notebooks, execute=fake)
+    assert fake.calls == []
+    run(notebooks, execute=fake, only=["01"])  # the existing ones still run alone
+    assert fake.calls == ["01_victims"]
+    from kx_utils import ProfileError
+    with pytest.raises(ProfileError, match="valid keys"):
+        run(notebooks, execute=fake, overrides={"budget": 1})
+
+
+def test_papermill_executes_a_notebook_with_parameters_and_reports_the_failing_cell(tmp_path, runs):
+    """The real papermill call on a two-cell notebook (a kernel start, a few seconds)."""
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    code = ("import json, os, pathlib\n"
+            "out = pathlib.Path(os.environ['KX_RUNS']) / profile / '01_victims.json'\n"
+            "out.write_text(json.dumps({'profile': profile, 'overrides': overrides}))\n"
+            "assert overrides.get('transfer_budget') != 13, 'unlucky budget'")
+    write_notebook(folder / "01_victims.ipynb", code=code)
+    reproduce("smoke", only=["01"], notebook_dir=folder, overrides={"transfer_budget": 7}, log=lambda s: None)
+    written = json.loads((runs / "smoke" / "01_victims.json").read_text())
+    assert written == {"profile": "smoke", "overrides": {"transfer_budget": 7}}
+    assert (runs / "smoke" / "01_victims.ipynb").is_file()
+    with pytest.raises(NotebookFailed, match="AssertionError: unlucky budget"):
+        reproduce("smoke", only=["01"], notebook_dir=folder, overrides={"transfer_budget": 13},
+                  log=lambda s: None)
+
+
+# ---------------------------------------------------------------- the plan and the CLI
+
+
+def test_plan_for_paper_reports_missing_data_and_weights_and_trains_nothing(tmp_path, runs, monkeypatch, capsys):
+    data = tmp_path / "data"
+    (data / "cifar10" / "train" / "airplane").mkdir(parents=True)  # one dataset partly there
+    (data / "cifar10" / "train" / "airplane" / "0.png").write_bytes(b"not decoded by the plan")
+    monkeypatch.setenv("KX_DATA", str(data))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache: no ResNet weights
+
+    def never(*args, **kwargs):
+        raise AssertionError("--plan must not train or load anything")
+
+    import kx_utils.data
+    import kx_utils.train
+    import kx_utils.victims
+    monkeypatch.setattr(kx_utils.train, "fit", never)
+    monkeypatch.setattr(kx_utils.victims, "get_victim", never)
+    monkeypatch.setattr(kx_utils.data, "load_split", never)
+
+    code = cli.main(["reproduce", "--profile", "paper", "--plan"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "ok  dataset CIFAR10 train" in out
+    assert "WARNING  dataset CIFAR10 train" in out and "holds 1 images, the paper's has 50,000" in out
+    assert "MISSING  dataset Caltech (caltech256) split train" in out and "data.caltech.edu" in out
+    assert "MISSING  ImageNet weights of resnet34" in out and "IMAGENET1K_V1" in out
+    assert "MISSING  ImageNet weights of resnet152" in out
+    assert "Caltech-RN34     resnet34 (ImageNet-pretrained), 224 px, 200 epochs" in out
+    assert "100,000 queries each" in out
+    assert not (tmp_path / "cache").exists() and not runs.exists()
+    assert cli.main(["plan", "--profile", "paper"]) == 1
+
+
+def test_plan_passes_when_everything_is_there(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    for folder, splits in (("gtsrb", ("train", "test")),):
+        for split in splits:
+            (data / folder / split / "c0").mkdir(parents=True)
+    monkeypatch.setenv("KX_DATA", str(data))
+    p = pl.plan(pl.get_profile("mini"))
+    assert any("gtsrb/train" in line for line in p.present)
+    assert not p.ok and any("Caltech" in m for m in p.missing)  # the other stand-ins are not there
+
+
+def test_cli_usage_errors_exit_2_with_a_clear_message(capsys, runs):
+    assert cli.main(["reproduce", "--profile", "huge"]) == 2
+    assert "unknown profile 'huge'; valid profiles: smoke, mini, paper" in capsys.readouterr().err
+    assert cli.main(["reproduce", "--profile", "smoke", "--only", "99"]) == 2
+    assert "matches none" in capsys.readouterr().err
+    assert cli.main(["reproduce", "--profile", "smoke", "--overrides", "{bad"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    assert "reproduce" in capsys.readouterr().out
+
+
+def test_cli_reproduce_runs_then_writes_the_report_and_stops_on_failure(notebooks, runs, tmp_path,
+                                                                         monkeypatch, capsys):
+    monkeypatch.setattr(pl, "NOTEBOOK_DIR", notebooks)
+    monkeypatch.setattr(pl, "plan", lambda profile: pl.Plan(profile.name))  # data and weights present
+    monkeypatch.setattr(rp, "default_output", lambda profile: tmp_path / "figures" / profile)
+    monkeypatch.setattr(pl, "papermill_execute", FakeExecute(fail={"02_knockoff": cell_error("boom")}))
+    assert cli.main(["reproduce", "--profile", "smoke"]) == 1
+    captured = capsys.readouterr()
+    assert "notebook 02_knockoff failed" in captured.err and "AssertionError: boom" in captured.err
+    assert (tmp_path / "figures" / "smoke" / "report.md").is_file()  # what finished is reported
+
+    fake = FakeExecute()
+    monkeypatch.setattr(pl, "papermill_execute", fake)
+    assert cli.main(["reproduce", "--profile", "smoke"]) == 0
+    assert fake.calls == list(NOTEBOOKS[1:])
+    out = capsys.readouterr().out
+    assert "[1/6] 01_victims" in out and "reused" in out and "report.md" in out
+    report = (tmp_path / "figures" / "smoke" / "report.md").read_text()
+    assert "Results present: 6 of 6 notebooks" in report
+
+
+def test_cli_reproduce_refuses_to_start_without_data_unless_only_is_given(notebooks, runs, tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.setenv("KX_DATA", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(pl, "NOTEBOOK_DIR", notebooks)
+    monkeypatch.setattr(rp, "default_output", lambda profile: tmp_path / "figures" / profile)
+    fake = FakeExecute()
+    monkeypatch.setattr(pl, "papermill_execute", fake)
+    assert cli.main(["reproduce", "--profile", "smoke"]) == 1
+    err = capsys.readouterr().err
+    assert "nothing was run" in err and "MISSING  dataset CIFAR10" in err
+    assert fake.calls == [] and not runs.exists()
+    assert cli.main(["reproduce", "--profile", "smoke", "--only", "01"]) == 0  # a warning only
+    assert "warning: missing data" in capsys.readouterr().err and fake.calls == ["01_victims"]
