@@ -77,10 +77,10 @@ FIGURE2_VICTIMS = ("caltech", "cifar10", "gtsrb_5l")
 # departure is in force (measured on the 2-core machine: a pretrained MobileNetV2 at 48 px trains at
 # ~520 images/s with batch size 64, ~290 at 16, ~580 at 128, ~500 at 256, and evaluates ~1,450/s).
 RATIONALE = {
-    "table7_batch_sizes": "Batch size 16 trains at about half the speed of 64 on the 2-core CPU (~62 s per "
-                          "6,000-query surrogate, ~8 min for the seven victims); beside the other columns "
+    "table7_batch_sizes": "Batch size 16 trains at about half the speed of 64 on the 2-core CPU (~90 s per "
+                          "6,000-query surrogate, ~10 min for the seven victims); beside the other columns "
                           "and Figure 2 it does not fit the notebook's 20-minute budget.",
-    "figure2": "A 3-epoch run of the 6,000-query recipe is too short to over-fit, and 6,000 queries for many "
+    "figure2": "The few epochs of the 6,000-query recipe are too short to over-fit, and 6,000 queries for many "
                "epochs do not fit the CPU budget: the long runs use a smaller transfer set. The step schedule "
                "keeps its proportions (its milestones are fractions of the run).",
     "grid_epochs": "The paper trained 200 epochs and stopped at 17; the CPU grid trains each batch size for "

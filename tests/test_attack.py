@@ -85,3 +85,9 @@ def test_pool_of_all_splits_concatenates_them(tiny_profile, store):
     everything = attacker_pool(tiny_profile, split="all", size=16, store=store)
     assert len(everything) == len(train) + 24  # tiny_imagenet/val holds 6 x 4 images
     assert torch.equal(everything.images[:len(train)], train.images)
+
+
+def test_clearly_learned_needs_a_margin_over_chance():
+    from kx_utils.victims import clearly_learned
+    assert clearly_learned(0.66, 0.011) and clearly_learned(0.82, 0.10)
+    assert not clearly_learned(0.374, 0.330)  # mini's Diabetic5 stand-in

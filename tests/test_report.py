@@ -273,3 +273,19 @@ def test_report_lists_standins_wall_times_and_environment(runs, tmp_path):
     assert "`caltech101`" in text and "Caltech-101" in text  # the stand-in of Caltech-256 in smoke
     assert "| torch | 2.14.1 |" in text
     assert "MobileNetV2" in text  # the profile's notes: its deviations from the paper
+
+
+def test_time_from_an_empty_cache_sums_every_command_since(runs, tmp_path):
+    from kx_utils.pipeline import NOTEBOOKS
+    write_documents(runs, {nb: document(nb, wall=10.0) for nb in NOTEBOOKS})
+    state = {"profile": "smoke", "invocations": [
+        {"started": "t-1", "status": "finished", "wall_seconds": 999.0, "cache_files_at_start": 0},
+        {"started": "t0", "status": "failed", "wall_seconds": 600.0, "cache_files_at_start": 0,
+         "ran": ["01_victims"], "reused": []},
+        {"started": "t1", "status": "finished", "wall_seconds": 300.0, "cache_files_at_start": 50,
+         "ran": list(NOTEBOOKS[1:]), "reused": ["01_victims"]}],
+        "notebooks": {nb: {"status": "finished", "wall_seconds": 100.0} for nb in NOTEBOOKS}}
+    (runs / "smoke" / "pipeline.json").write_text(json.dumps(state))
+    text = (write_report("smoke", out=tmp_path / "fig").folder / "report.md").read_text()
+    # the failed first attempt counts, the earlier unrelated run does not
+    assert "From an empty cache to all six notebooks: 15m00s** of compute over 2" in text
