@@ -252,14 +252,20 @@ DETECTOR_VICTIMS = ("gtsrb", "diabetic5", "cifar10")
 OOD_SETS = (("table4a", "ImageNet"), ("table4b", "OpenImages"))
 
 
-def _detector_beats_baselines(get: Getter, names: Names):
-    parts, holds, evaluated = [], True, 0
+def _measured_ood_tables(get: Getter, parts: list[str]):
+    """(Table 4 results, OOD set name) for each OOD test set measured; the others noted in ``parts``."""
     for table_key, ood in OOD_SETS:
         try:
             table = get(table_key)
         except MissingData:
             parts.append(f"{ood}: not measured")
             continue
+        yield table, ood
+
+
+def _detector_beats_baselines(get: Getter, names: Names):
+    parts, holds, evaluated = [], True, 0
+    for table, ood in _measured_ood_tables(get, parts):
         for key in DETECTOR_VICTIMS:
             row = table.get(key)
             ours = _value(row, "ours_tpr")
@@ -284,12 +290,7 @@ def _detector_beats_baselines(get: Getter, names: Names):
 
 def _detector_weakest_on_caltech(get: Getter, names: Names):
     parts, holds, evaluated = [], True, 0
-    for table_key, ood in OOD_SETS:
-        try:
-            table = get(table_key)
-        except MissingData:
-            parts.append(f"{ood}: not measured")
-            continue
+    for table, ood in _measured_ood_tables(get, parts):
         score = {k: (_value(r, "ours_tpr") + _value(r, "ours_tnr")) / 2 for k, r in table.items()
                  if _value(r, "ours_tpr") is not None and _value(r, "ours_tnr") is not None}
         if "caltech" not in score or len(score) < 2:
