@@ -43,6 +43,11 @@ def format_answers(probs: torch.Tensor, mode: str, k: int = 1, decimals: int = 1
     raise ValueError(f"unknown answer mode {mode!r}; valid modes: {', '.join(MODES)}")
 
 
+def answered_rows(answers: torch.Tensor) -> torch.Tensor:
+    """Mask of the queries the API answered (a refused query is a row of NaN)."""
+    return ~torch.isnan(answers).any(1)
+
+
 def answers_to_targets(answers: torch.Tensor) -> torch.Tensor:
     """Training targets from API answers: each row renormalised to a probability vector.
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .api import PredictionAPI, answers_to_targets
+from .api import PredictionAPI, answered_rows, answers_to_targets
 from .artifacts import ArtifactStore
 from .data import ImageSet, dataset_info, resize_images
 from .models import build_model
@@ -45,14 +45,19 @@ def sample_transfer_set(pool_size: int, budget: int, seed: int, replace: bool = 
     return torch.randperm(pool_size, generator=gen)[:budget]
 
 
+def default_pool_split(profile: Profile, pool: str) -> str:
+    """The split an attacker queries from: the profile's ``attacker_pool_split`` for ImageNet,
+    "train" for any other source."""
+    return profile.attacker_pool_split if pool == "imagenet" else "train"
+
+
 def attacker_pool(profile: Profile, pool: str = "imagenet", split: str | None = None,
                   size: int | None = None, store: ArtifactStore | None = None) -> ImageSet:
     """The attacker's natural images (the paper: its ImageNet subset), capped to ``pool_size``.
 
-    ``split`` None means the profile's ``attacker_pool_split`` for ImageNet and "train"
-    for any other source; "all" concatenates every split of the dataset.
+    ``split`` None means :func:`default_pool_split`; "all" concatenates every split of the dataset.
     """
-    split = split or (profile.attacker_pool_split if pool == "imagenet" else "train")
+    split = split or default_pool_split(profile, pool)
     size = size or profile.image_size.get(pool, max(profile.image_size.values()))
     if split == "all":
         info = dataset_info(pool)
@@ -95,6 +100,46 @@ def query_victim(profile: Profile, victim: Victim, api: PredictionAPI, pool_imag
             "query_count": api.query_count - before}
     store.save("answers", settings, blob)
     return {**blob, "queries": blob["query_count"]}
+
+
+def answer_transfer_set(profile: Profile, victim: Victim, *, mode: str = "probs", k: int = 1,
+                        decimals: int = 1, pool: str = "imagenet", pool_split: str | None = None,
+                        budget: int | str | None = None, replace: bool = False, seed: int | None = None,
+                        store: ArtifactStore | None = None, detector=None, detector_action: str = "refuse",
+                        pool_images: ImageSet | None = None) -> dict:
+    """The transfer set's indices and the API's answers: the one query path of every attack.
+
+    ``budget`` is a number of queries, None for the profile's budget, or ``"all"`` for
+    the whole pool.  The pool is decoded only when the answers are not cached yet (or
+    ``budget="all"`` needs its size); pass ``pool_images`` when the caller holds it.
+    Returns ``{"indices", "answers", "flagged", "query_count", "queries", "settings"}``
+    (``queries``: sent by this call).
+    """
+    store = store or ArtifactStore(profile.cache_root)
+    seed = profile.seed if seed is None else seed
+    pool_split = pool_split or default_pool_split(profile, pool)
+    size = profile.image_size[victim_spec(victim.key).dataset]
+
+    def load_pool() -> ImageSet:
+        return pool_images if pool_images is not None else attacker_pool(profile, pool, pool_split, size, store)
+
+    if budget == "all":
+        pool_images = load_pool()
+        budget = len(pool_images)
+    elif budget is None:
+        budget = profile.transfer_budget
+    api = PredictionAPI(victim.model, mode=mode, k=k, decimals=decimals, detector=detector,
+                        detector_action=detector_action, batch_size=profile.eval_batch_size,
+                        device=profile.device)
+    api_desc = api.describe()
+    if detector is not None:
+        api_desc = {**api_desc, "detector": getattr(detector, "name", repr(detector)),
+                    "detector_action": detector_action}
+    settings = query_settings(profile, victim, pool, pool_split, int(budget), seed, replace, api_desc)
+    if not store.exists("answers", settings):
+        pool_images = load_pool()
+    answered = query_victim(profile, victim, api, pool_images, settings, store, seed, replace)
+    return {**answered, "settings": settings}
 
 
 @dataclass
@@ -158,24 +203,18 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
     store = store or ArtifactStore(profile.cache_root)
     seed = profile.seed if seed is None else seed
     victim = get_victim(profile, victim_key, store)
-    spec = victim_spec(victim_key)
-    surrogate_size = profile.image_size[spec.dataset]
-    pool_split = pool_split or (profile.attacker_pool_split if pool == "imagenet" else "train")
-    pool_images = attacker_pool(profile, pool, pool_split, surrogate_size, store)
-    budget = {None: profile.transfer_budget, "all": len(pool_images)}.get(budget, budget)
+    surrogate_size = profile.image_size[victim_spec(victim_key).dataset]
+    pool_split = pool_split or default_pool_split(profile, pool)
+    pool_images = attacker_pool(profile, pool, pool_split, surrogate_size, store)  # the surrogate trains on it
     recipe = recipe or profile.surrogate_recipe
     if batch_size is not None:
         recipe = recipe.replace(batch_size=batch_size)
 
-    api = PredictionAPI(victim.model, mode=mode, k=k, decimals=decimals, detector=detector,
-                        detector_action=detector_action, batch_size=profile.eval_batch_size,
-                        device=profile.device)
-    api_desc = api.describe()
-    if detector is not None:
-        api_desc = {**api_desc, "detector": getattr(detector, "name", repr(detector)),
-                    "detector_action": detector_action}
-    q_settings = query_settings(profile, victim, pool, pool_split, int(budget), seed, replace, api_desc)
-    answered = query_victim(profile, victim, api, pool_images, q_settings, store, seed, replace)
+    answered = answer_transfer_set(profile, victim, mode=mode, k=k, decimals=decimals, pool=pool,
+                                   pool_split=pool_split, budget=budget, replace=replace, seed=seed,
+                                   store=store, detector=detector, detector_action=detector_action,
+                                   pool_images=pool_images)
+    q_settings = answered["settings"]
 
     s_settings = {"query": q_settings, "surrogate_arch": profile.surrogate_arch,
                   "surrogate_size": surrogate_size, "recipe": recipe.as_dict(),
@@ -195,17 +234,17 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
         chosen = best_epoch(history, "val_acc")
         val_acc, val_epoch = chosen["test_acc"], chosen["epoch"]
     answers = answered["answers"]
-    answered_rows = ~torch.isnan(answers).any(1)
-    hist = torch.bincount(answers[answered_rows].argmax(1), minlength=len(victim.classes))
+    answered_mask = answered_rows(answers)
+    hist = torch.bincount(answers[answered_mask].argmax(1), minlength=len(victim.classes))
     return KnockoffResult(
         victim=victim_key, victim_name=victim.name, victim_accuracy=victim.test_accuracy,
-        surrogate_arch=profile.surrogate_arch, api=api_desc, pool=pool, budget=int(budget),
+        surrogate_arch=profile.surrogate_arch, api=q_settings["api"], pool=pool, budget=q_settings["budget"],
         batch_size=recipe.batch_size, epochs=recipe.epochs,
         final_accuracy=history[-1]["test_acc"], best_accuracy=best["test_acc"], best_epoch=best["epoch"],
         history=history, per_class_victim=victim.per_class_accuracy,
         per_class_surrogate=list(blob["per_class_accuracy"]), transfer_histogram=hist.tolist(),
         queries_sent=int(answered["queries"]), query_count=int(answered["query_count"]),
-        refused=int((~answered_rows).sum()), val_selected_accuracy=val_acc, val_selected_epoch=val_epoch,
+        refused=int((~answered_mask).sum()), val_selected_accuracy=val_acc, val_selected_epoch=val_epoch,
         train_seconds=float(blob["train_seconds"]), from_cache=from_cache, settings=s_settings)
 
 
@@ -213,7 +252,7 @@ def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, an
                      recipe: Recipe, validation_fraction: float, seed: int, store: ArtifactStore,
                      settings: dict) -> dict:
     answers = answered["answers"]
-    keep = ~torch.isnan(answers).any(1)  # refused queries teach nothing
+    keep = answered_rows(answers)  # refused queries teach nothing
     if not keep.any():
         raise ValueError("the API refused every query: there is nothing to train a surrogate on")
     images = pool_images.images[answered["indices"][keep]]

