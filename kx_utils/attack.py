@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 import torch
 
 from .api import PredictionAPI, answered_rows, answers_to_targets
-from .artifacts import ArtifactStore
+from .artifacts import ArtifactStore, artifact_kind
 from .data import ImageSet, dataset_info, resize_images
 from .models import build_model
 from .profiles import Profile, Recipe
 from .train import best_epoch, fit, per_class_accuracy, pick_device, predict_logits
 from .victims import Victim, get_victim, load_dataset_split, victim_spec
+
+ANSWERS = artifact_kind("answers", 1)  # a transfer set: pool indices and the API's answers
+SURROGATE = artifact_kind("surrogate", 1)  # a trained surrogate's history and accuracies
 
 
 class BudgetError(ValueError):
@@ -87,7 +90,7 @@ def query_victim(profile: Profile, victim: Victim, api: PredictionAPI, pool_imag
     Returns ``{"indices", "answers", "flagged", "queries"}``; ``queries`` is the
     number of queries this call sent (0 when the answers came from the cache).
     """
-    found = store.load("answers", settings)
+    found = store.load(ANSWERS, settings)
     if found is not None:
         return {**found, "queries": 0}
     indices = sample_transfer_set(len(pool_images), settings["budget"], seed, replace)
@@ -98,7 +101,7 @@ def query_victim(profile: Profile, victim: Victim, api: PredictionAPI, pool_imag
     response = api.respond(queries)
     blob = {"indices": indices, "answers": response.answers, "flagged": response.flagged,
             "query_count": api.query_count - before}
-    store.save("answers", settings, blob)
+    store.save(ANSWERS, settings, blob)
     return {**blob, "queries": blob["query_count"]}
 
 
@@ -136,7 +139,7 @@ def answer_transfer_set(profile: Profile, victim: Victim, *, mode: str = "probs"
         api_desc = {**api_desc, "detector": getattr(detector, "name", repr(detector)),
                     "detector_action": detector_action}
     settings = query_settings(profile, victim, pool, pool_split, int(budget), seed, replace, api_desc)
-    if not store.exists("answers", settings):
+    if not store.exists(ANSWERS, settings):
         pool_images = load_pool()
     answered = query_victim(profile, victim, api, pool_images, settings, store, seed, replace)
     return {**answered, "settings": settings}
@@ -219,13 +222,13 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
     s_settings = {"query": q_settings, "surrogate_arch": profile.surrogate_arch,
                   "surrogate_size": surrogate_size, "recipe": recipe.as_dict(),
                   "validation_fraction": validation_fraction, "seed": seed}
-    blob = store.load("surrogate", s_settings)
+    blob = store.load(SURROGATE, s_settings)
     from_cache = blob is not None
     if blob is None:
         blob = _train_surrogate(profile, victim, pool_images, answered, recipe, validation_fraction,
                                 seed, store, s_settings)
-        store.save("surrogate", s_settings, blob)
-        store.scratch_path("surrogate", s_settings, "ckpt").unlink(missing_ok=True)
+        store.save(SURROGATE, s_settings, blob)
+        store.scratch_path(SURROGATE, s_settings, "ckpt").unlink(missing_ok=True)
 
     history = blob["history"]
     best = best_epoch(history, "test_acc")
@@ -270,7 +273,7 @@ def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, an
     t0 = time.perf_counter()
     history = fit(model, images, targets, recipe, eval_sets=eval_sets, seed=seed,
                   device=pick_device(profile.device),
-                  checkpoint=store.scratch_path("surrogate", settings, "ckpt"),
+                  checkpoint=store.scratch_path(SURROGATE, settings, "ckpt"),
                   progress=profile.progress, desc=f"surrogate of {victim.name}",
                   eval_batch_size=profile.eval_batch_size)
     pred = predict_logits(model, test.images, profile.eval_batch_size, pick_device(profile.device)).argmax(1)

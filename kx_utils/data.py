@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .artifacts import ArtifactStore
+from .artifacts import ArtifactStore, artifact_kind
+
+DECODED = artifact_kind("decoded", 1)  # an ImageFolder split decoded to uint8 tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -396,6 +397,11 @@ def split_folder(key: str, split: str, standins: bool, root: str | os.PathLike |
     return path
 
 
+def class_folders(key: str, split: str, *, standins: bool, root: str | os.PathLike | None = None) -> list[str]:
+    """The class folder names of one split, in label order (what the overlap lists name)."""
+    return list_image_folder(split_folder(key, split, standins, root))[0]
+
+
 def load_split(key: str, split: str, *, standins: bool, size: int | None = None,
                root: str | os.PathLike | None = None, store: ArtifactStore | None = None,
                allow_download: bool = False) -> ImageSet:
@@ -417,47 +423,6 @@ def load_split(key: str, split: str, *, standins: bool, size: int | None = None,
         s = decode_folder(path, size)
         return {"images": s.images, "labels": s.labels, "files": s.files, "classes": s.classes}
 
-    blob = store.cached("decoded", settings, compute)
+    blob = store.cached(DECODED, settings, compute)
     names = read_class_names(path.parent, blob["classes"])
     return ImageSet(blob["images"], blob["labels"], names, f"{key}/{split}", blob["files"])
-
-
-# ---------------------------------------------------------------- ImageNet overlap
-
-
-def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet-1k class names, from torchvision's weight metadata (no download)."""
-    from torchvision.models import ResNet18_Weights
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def _words(name: str) -> str:
-    return " " + re.sub(r"[^a-z0-9]+", " ", name.lower()).strip() + " "
-
-
-def overlapping_classes(class_names: Sequence[str], imagenet_names: Sequence[str] | None = None
-                        ) -> list[int]:
-    """Indices of classes whose name matches an ImageNet class name as a whole phrase.
-
-    A victim class overlaps when an ImageNet name (or one of its comma-separated
-    synonyms) occurs in it as whole words ("Black footed Albatross" contains
-    "albatross") or it occurs as whole words in an ImageNet name ("ant" in "ant,
-    emmet" but not in "antelope").  A trailing plural "s" is folded.  This is a
-    name heuristic: the paper gives the shares of overlapping labels (42% of
-    Caltech256, 1% of CUBS) but not the lists.
-    """
-    imagenet_names = imagenet_categories() if imagenet_names is None else imagenet_names
-    phrases = {_words(synonym) for n in imagenet_names for synonym in n.split(",")}
-
-    def forms(name: str) -> set[str]:
-        w = _words(name)
-        out = {w}
-        if w.endswith("s "):
-            out.add(w[:-2] + " ")
-        return out
-
-    overlap = []
-    for i, name in enumerate(class_names):
-        if any(p in f or f in p for f in forms(name) for p in phrases if len(p.strip()) > 2):
-            overlap.append(i)
-    return overlap

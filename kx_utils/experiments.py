@@ -9,15 +9,15 @@ Notebooks 04-06 call these helpers:
 - :func:`batch_size_rows` (Table 7), :func:`curve_entry` and :func:`early_stopping_row`
   (Figure 2 and the validation-stopping comparison of 5.2.1);
 - :func:`validation_grid` and :func:`select_by_validation` (the tuned in-distribution
-  attacker of 5.2.2), :func:`imagenet_queries` and :func:`flagged_share` (its detection).
+  attacker of 5.2.2) and :func:`flagged_share` (its detection).
 
-:class:`Section5Plan` holds the sizes of these experiments per profile, so that every
-scaled-down choice of ``mini`` is written down in one place.
+:func:`section5_plan` returns the sizes of these experiments, which each profile carries
+(``Profile.section5``, a :class:`~kx_utils.profiles.Section5Plan`), with a notebook's own
+changes applied; :data:`RATIONALE` says why ``mini`` departs from the paper's sizes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
@@ -26,8 +26,8 @@ import torch
 
 from .api import answered_rows, answers_to_targets
 from .artifacts import ArtifactStore
-from .attack import KnockoffResult, answer_transfer_set, attacker_pool, knockoff, sample_transfer_set
-from .profiles import Profile
+from .attack import KnockoffResult, answer_transfer_set, knockoff
+from .profiles import FIGURE2_VICTIMS, RATIONALE, SECTION5_KEYS, Profile, Section5Plan  # noqa: F401 (re-exported)
 from .victims import get_victim
 
 # column prefix of Table 6 -> the API's answer format
@@ -42,84 +42,16 @@ PAPER_FORMATS = ("probs", "label")
 EXTRA_FORMATS = ("top1", "top3", "rounded")
 
 
-@dataclass(frozen=True)
-class Section5Plan:
-    """Sizes of the Section 5 experiments (notebooks 04-06) in one profile.
-
-    ``None`` for a victim list means every victim the paper uses; for a budget it
-    means the profile's transfer budget.
-    """
-
-    extra_format_victims: tuple[str, ...] | None  # Table 6's top-k / rounded columns
-    table7_victims: tuple[str, ...] | None
-    table7_batch_sizes: tuple[int, ...] | None  # None: profile.batch_sizes
-    figure2_victims: tuple[str, ...]
-    figure2_budget: int | None  # queries of the long runs of Figure 2
-    figure2_epochs: int | None  # None: the profile's surrogate epochs
-    grid_batch_sizes: tuple[int, ...] | None  # 5.2.2's validation grid; None: profile.batch_sizes
-    grid_epochs: int | None  # None: the profile's surrogate epochs
-    imagenet_control: bool  # 5.2.2: the same grid on as many ImageNet queries
-
-    def replace(self, **changes) -> "Section5Plan":
-        for key, value in changes.items():
-            if isinstance(value, list):
-                changes[key] = tuple(value)
-        return dataclasses.replace(self, **changes)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# Figure 2's caption names GTSRB-5L, its text GTSRB-RN34; the issue follows the caption.
-FIGURE2_VICTIMS = ("caltech", "cifar10", "gtsrb_5l")
-
-# Why the CPU plan departs from the paper; the notebooks add these to their notes when the
-# departure is in force (measured on the 2-core machine: a pretrained MobileNetV2 at 48 px trains at
-# ~520 images/s with batch size 64, ~290 at 16, ~580 at 128, ~500 at 256, and evaluates ~1,450/s).
-RATIONALE = {
-    "table7_batch_sizes": "Batch size 16 trains at about half the speed of 64 on the 2-core CPU (~90 s per "
-                          "6,000-query surrogate, ~10 min for the seven victims); beside the other columns "
-                          "and Figure 2 it does not fit the notebook's 20-minute budget.",
-    "figure2": "The few epochs of the 6,000-query recipe are too short to over-fit, and 6,000 queries for many "
-               "epochs do not fit the CPU budget: the long runs use a smaller transfer set. The step schedule "
-               "keeps its proportions (its milestones are fractions of the run).",
-    "grid_epochs": "The paper trained 200 epochs and stopped at 17; the CPU grid trains each batch size for "
-                   "fewer epochs and picks the epoch within them.",
-    "extra_format_victims": "The top-k and rounded columns go beyond the paper and cost two more surrogates per "
-                            "victim (~50 s each on the CPU); for all five victims they would leave too little of "
-                            "the 20-minute budget. The mini plan measures them where the paper's label-only "
-                            "attacker loses most (Caltech, CUBS, CIFAR10: 0.56x, 0.23x, 0.57x), not for GTSRB "
-                            "(label-only already recovers 0.93x) nor Diabetic5 (the stand-in victim, 48-px "
-                            "fundus images, is itself barely above chance).",
-}
-
-SECTION5_PLANS: dict[str, Section5Plan] = {
-    "paper": Section5Plan(extra_format_victims=None, table7_victims=None, table7_batch_sizes=None,
-                          figure2_victims=FIGURE2_VICTIMS, figure2_budget=None, figure2_epochs=None,
-                          grid_batch_sizes=None, grid_epochs=None, imagenet_control=False),
-    "mini": Section5Plan(extra_format_victims=("caltech", "cubs", "cifar10"), table7_victims=None,
-                         table7_batch_sizes=(64, 128, 256),
-                         figure2_victims=FIGURE2_VICTIMS, figure2_budget=1500, figure2_epochs=12,
-                         grid_batch_sizes=None, grid_epochs=10, imagenet_control=True),
-    # smoke only checks that every path runs (CI): fewer rows where a row adds no new path
-    "smoke": Section5Plan(extra_format_victims=("cifar10", "caltech"), table7_victims=("cifar10", "gtsrb_5l"),
-                          table7_batch_sizes=None, figure2_victims=FIGURE2_VICTIMS, figure2_budget=200,
-                          figure2_epochs=4, grid_batch_sizes=None, grid_epochs=3, imagenet_control=True),
-}
-
-
 def section5_plan(profile: Profile, **changes) -> Section5Plan:
-    """The plan of ``profile`` (by name; ``mini``'s for an unknown name) with ``changes`` applied.
+    """The Section 5 plan of ``profile`` (``profile.section5``) with ``changes`` applied.
 
     A change whose value is None keeps the plan's value, so a notebook can pass its
     parameters through unchanged.
     """
-    plan = SECTION5_PLANS.get(profile.name, SECTION5_PLANS["mini"])
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(Section5Plan)})
+    unknown = sorted(set(changes) - set(SECTION5_KEYS))
     if unknown:
-        raise ValueError(f"unknown Section 5 setting(s) {unknown}; valid: "
-                         f"{', '.join(f.name for f in dataclasses.fields(Section5Plan))}")
-    return plan.replace(**{k: v for k, v in changes.items() if v is not None})
+        raise ValueError(f"unknown Section 5 setting(s) {unknown}; valid: {', '.join(SECTION5_KEYS)}")
+    return profile.section5.replace(**{k: v for k, v in changes.items() if v is not None})
 
 
 # --------------------------------------------------------------------------- answers
@@ -333,12 +265,6 @@ def in_distribution_budget(profile: Profile, num_classes: int, pool_size: int) -
     if profile.in_distribution_per_class is None:
         return pool_size
     return min(pool_size, profile.in_distribution_per_class * num_classes)
-
-
-def imagenet_queries(profile: Profile, n: int, size: int, store: ArtifactStore | None = None) -> torch.Tensor:
-    """The first ``n`` ImageNet-pool queries of the profile's transfer set (same seed, same order)."""
-    pool_images = attacker_pool(profile, "imagenet", None, size, store)
-    return pool_images.images[sample_transfer_set(len(pool_images), n, profile.seed)]
 
 
 def flagged_share(flag: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> float:

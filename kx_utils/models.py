@@ -245,7 +245,3 @@ class _EfficientNetFeatures(nn.Module):
 
     def forward(self, x):
         return self.pool(self.net.extract_features(x)).flatten(1)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

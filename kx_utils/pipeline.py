@@ -5,10 +5,16 @@ Each notebook is executed into ``runs/<profile>/<name>.ipynb`` (or
 ``runs/<profile>/<name>.json``.  The pipeline keeps a small state file,
 ``runs/<profile>/pipeline.json``, rewritten atomically after every change, with
 each notebook's status, parameters, wall time and error.  A rerun skips a
-notebook that finished with the same parameters and the same code cells and whose
-results file is still there; a notebook that failed or was killed runs again, and
-runs again cheaply, because the expensive steps inside it (victims, answers,
-surrogates) are cached artifacts.
+notebook that finished with the same parameters, the same code cells and the same
+``kx_utils`` source (every module and package data file, see
+:func:`package_fingerprint`) and whose results file is still there and readable; a
+notebook that failed or was killed runs again, and runs again cheaply, because the
+expensive steps inside it (victims, answers, surrogates) are cached artifacts (whose
+keys carry the version of the code that produced them, see :mod:`kx_utils.artifacts`).
+
+A state file or results file that cannot be read is never silently taken as absent:
+a corrupt ``pipeline.json`` stops the run with :class:`CorruptStateError` naming it, and
+a corrupt results file is reported (naming it) and its notebook runs again.
 
 :func:`plan` checks, without training anything, that a profile's datasets and
 pretrained weights are present, and says what a run would train.
@@ -29,17 +35,22 @@ from typing import Callable, Iterable
 
 from .artifacts import REPO_ROOT, atomic_write_text, cache_root
 from .profiles import Profile, get_profile
-from .results import results_path, runs_root
+from .results import CorruptResultsError, read_results, results_path, runs_root
 
 NOTEBOOKS = ("01_victims", "02_knockoff", "03_detection", "04_architecture_and_output",
              "05_hyperparameters", "06_in_distribution")
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PACKAGE_ROOT = Path(__file__).resolve().parent  # the kx_utils package, whose source enters the fingerprint
 STATE_FILE = "pipeline.json"
 KEPT_INVOCATIONS = 20
 
 
 class PipelineError(RuntimeError):
     """A run that cannot start or cannot go on; the message says why and what to do."""
+
+
+class CorruptStateError(PipelineError):
+    """``pipeline.json`` exists but cannot be read: the message names it and what to do."""
 
 
 class NotebookFailed(PipelineError):
@@ -85,7 +96,37 @@ def select_notebooks(only: Iterable[str] | None = None) -> list[str]:
     return [nb for nb in NOTEBOOKS if nb in chosen]
 
 
-def notebook_fingerprint(path: Path) -> str:
+def _package_files(root: Path) -> list[Path]:
+    """The package's modules and data files: everything under ``root`` but bytecode caches,
+    compiled files and hidden files (editor and temporary files)."""
+    files = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if not path.is_file() or path.suffix in (".pyc", ".pyo") or any(
+                part == "__pycache__" or part.startswith(".") for part in rel.parts):
+            continue
+        files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def package_fingerprint(root: str | os.PathLike | None = None) -> str:
+    """A hash of the ``kx_utils`` source: every ``*.py`` module and package data file (such as
+    ``overlap_lists/*.csv``) under ``root`` (default: this package), by relative path and content.
+
+    A fix anywhere in the package can change what a notebook measures, so it makes every
+    earlier result stale (its expensive artifacts stay cached unless their kind's version moved).
+    """
+    root = Path(root or PACKAGE_ROOT).resolve()
+    if not root.is_dir():
+        raise PipelineError(f"package root {root} is not a folder")
+    digest = hashlib.sha256()
+    for path in _package_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def code_cells_fingerprint(path: Path) -> str:
     """A hash of the notebook's code cells: editing code makes its earlier results stale,
     editing prose does not."""
     with open(path) as f:
@@ -93,6 +134,16 @@ def notebook_fingerprint(path: Path) -> str:
     code = [c.get("source", "") for c in nb.get("cells", []) if c.get("cell_type") == "code"]
     code = ["".join(s) if isinstance(s, list) else s for s in code]
     return hashlib.sha256(json.dumps(code).encode()).hexdigest()[:16]
+
+
+def notebook_fingerprint(path: Path, package_root: str | os.PathLike | None = None,
+                         package: str | None = None) -> str:
+    """What a notebook's results depend on besides its parameters: its code cells and the
+    source of the ``kx_utils`` package under ``package_root`` (``package``: that package's
+    fingerprint, already computed)."""
+    package = package or package_fingerprint(package_root)
+    both = f"{code_cells_fingerprint(path)}:{package}"
+    return hashlib.sha256(both.encode()).hexdigest()[:16]
 
 
 def run_dir(profile_name: str, runs: str | os.PathLike | None = None) -> Path:
@@ -104,19 +155,29 @@ def state_path(profile_name: str, runs: str | os.PathLike | None = None) -> Path
 
 
 def load_state(profile_name: str, runs: str | os.PathLike | None = None) -> dict:
-    """The pipeline state of a profile (empty when no run has happened yet)."""
+    """The pipeline state of a profile (empty when no run has happened yet).
+
+    Raises :class:`CorruptStateError`, naming the file, when it exists but is not a
+    state: it is written atomically, so only a hand edit or a foreign file breaks it,
+    and starting afresh silently would forget what finished.
+    """
     path = state_path(profile_name, runs)
-    if path.is_file():
-        try:
-            with open(path) as f:
-                state = json.load(f)
-            if isinstance(state, dict):
-                state.setdefault("notebooks", {})
-                state.setdefault("invocations", [])
-                return state
-        except json.JSONDecodeError:
-            pass  # written atomically, so only a hand edit can break it: start afresh
-    return {"profile": profile_name, "notebooks": {}, "invocations": []}
+    if not path.is_file():
+        return {"profile": profile_name, "notebooks": {}, "invocations": []}
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptStateError(f"the pipeline state {path} cannot be read ({exc}); delete it to start "
+                                "afresh: every notebook then runs again, reusing its cached artifacts") from None
+    if not isinstance(state, dict) or not isinstance(state.get("notebooks", {}), dict) \
+            or not isinstance(state.get("invocations", []), list):
+        raise CorruptStateError(f"the pipeline state {path} is not a pipeline state (a JSON object with "
+                                "'notebooks' and 'invocations'); delete it to start afresh: every notebook "
+                                "then runs again, reusing its cached artifacts")
+    state.setdefault("notebooks", {})
+    state.setdefault("invocations", [])
+    return state
 
 
 def save_state(state: dict, profile_name: str, runs: str | os.PathLike | None = None) -> None:
@@ -136,6 +197,17 @@ def papermill_execute(notebook: Path, executed: Path, parameters: dict, cwd: Pat
                                request_save_on_cell_execute=True)
 
 
+def _unreadable_results(results: Path) -> str | None:
+    """Why ``results`` cannot be used (naming the file), or None when it reads as a results document."""
+    try:
+        read_results(results)
+    except FileNotFoundError:
+        return None  # absent: the callers say so in their own words
+    except CorruptResultsError as exc:
+        return str(exc)
+    return None
+
+
 def finished_reason(entry: dict | None, parameters: dict, fingerprint: str, results: Path
                     ) -> str | None:
     """Why an earlier run of a notebook can be reused, or None when it must run (again)."""
@@ -145,10 +217,13 @@ def finished_reason(entry: dict | None, parameters: dict, fingerprint: str, resu
         return None
     if not results.is_file() or results.stat().st_mtime < entry.get("started_at", float("inf")):
         return None
+    if _unreadable_results(results):
+        return None
     return f"finished {entry.get('finished', '')} in {format_seconds(entry.get('wall_seconds'))}"
 
 
-def _rerun_reason(entry: dict | None, parameters: dict, fingerprint: str, results: Path) -> str:
+def _rerun_reason(entry: dict | None, parameters: dict, fingerprint: str, results: Path,
+                  package: str | None = None) -> str:
     if not entry:
         return "first run"
     status = entry.get("status")
@@ -159,9 +234,14 @@ def _rerun_reason(entry: dict | None, parameters: dict, fingerprint: str, result
     if entry.get("parameters") != parameters:
         return "parameters changed"
     if entry.get("fingerprint") != fingerprint:
+        if package is not None and entry.get("package_fingerprint") != package:
+            return "the kx_utils package changed since its last run"
         return "its code cells changed"
     if not results.is_file():
         return f"its results {results.name} are missing"
+    unreadable = _unreadable_results(results)
+    if unreadable:
+        return f"warning: {unreadable}"
     return "its results are older than its last run"
 
 
@@ -205,16 +285,36 @@ def _count_files(root: Path) -> int:
     return count
 
 
+@contextlib.contextmanager
+def _runs_folder_for_notebooks(runs: str | os.PathLike | None):
+    """The notebooks write their results where ``$KX_RUNS`` points (their kernels inherit this
+    process's environment): point it at ``runs`` for the duration of a ``reproduce``."""
+    if runs is None:
+        yield
+        return
+    before = os.environ.get("KX_RUNS")
+    os.environ["KX_RUNS"] = str(runs_root(runs))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("KX_RUNS", None)
+        else:
+            os.environ["KX_RUNS"] = before
+
+
 def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool = False,
               overrides: dict | None = None, runs: str | os.PathLike | None = None,
               notebook_dir: str | os.PathLike | None = None,
               execute: Callable[[Path, Path, dict, Path], None] | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print,
+              package_root: str | os.PathLike | None = None) -> dict:
     """Run the selected notebooks of ``profile_name`` in order; return the pipeline state.
 
     Raises :class:`NotebookFailed` on the first notebook that fails (the rest do
     not run) and :class:`PipelineError` when a run cannot start.  ``execute``
-    replaces the papermill call (tests).
+    replaces the papermill call and ``package_root`` the package whose source
+    enters the fingerprint (tests).
     """
     execute = execute or papermill_execute
     overrides = dict(overrides or {})
@@ -228,8 +328,9 @@ def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool 
     folder = run_dir(profile.name, runs)
     parameters = {"profile": profile.name, "overrides": overrides}
     cache = cache_root(profile.cache_root)
+    package = package_fingerprint(package_root)  # once: an edit during the run counts from the next one
 
-    with _exclusive(folder):
+    with _exclusive(folder), _runs_folder_for_notebooks(runs):
         state = load_state(profile.name, runs)
         invocation = {"started": _now(), "only": selected if only else None, "force": force,
                       "overrides": overrides, "ran": [], "reused": [], "status": "running",
@@ -245,17 +346,18 @@ def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool 
                 tag = f"[{i}/{len(selected)}] {nb:28s}"
                 source = nb_dir / f"{nb}.ipynb"
                 executed, results = folder / f"{nb}.ipynb", results_path(nb, profile.name, runs)
-                fingerprint = notebook_fingerprint(source)
+                fingerprint = notebook_fingerprint(source, package=package)
                 entry = state["notebooks"].get(nb)
                 reused = None if force else finished_reason(entry, parameters, fingerprint, results)
                 if reused:
-                    log(f"{tag} reused: {reused} with the same parameters (--force reruns it)")
+                    log(f"{tag} reused: {reused} with the same parameters and code (--force reruns it)")
                     invocation["reused"].append(nb)
                     continue
-                why = "forced" if force and entry else _rerun_reason(entry, parameters, fingerprint, results)
+                why = "forced" if force and entry else _rerun_reason(entry, parameters, fingerprint, results,
+                                                                     package)
                 log(f"{tag} running ({why}) ...")
-                _run_one(state, nb, source, executed, results, parameters, fingerprint, profile.name,
-                         runs, execute, nb_dir, log, tag)
+                _run_one(state, nb, source, executed, results, parameters, (fingerprint, package),
+                         profile.name, runs, execute, nb_dir, log, tag)
                 invocation["ran"].append(nb)
             invocation["status"] = "finished"
         except NotebookFailed:
@@ -275,11 +377,13 @@ def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool 
     return state
 
 
-def _run_one(state, nb, source, executed, results, parameters, fingerprint, profile_name, runs,
+def _run_one(state, nb, source, executed, results, parameters, fingerprints, profile_name, runs,
              execute, nb_dir, log, tag) -> None:
     previous = state["notebooks"].get(nb) or {}
+    fingerprint, package = fingerprints
     entry = {"status": "running", "started": _now(), "started_at": time.time(),
-             "parameters": parameters, "fingerprint": fingerprint, "executed": str(executed),
+             "parameters": parameters, "fingerprint": fingerprint, "package_fingerprint": package,
+             "executed": str(executed),
              "results": str(results), "attempts": int(previous.get("attempts", 0)) + 1}
     state["notebooks"][nb] = entry
     save_state(state, profile_name, runs)
@@ -315,6 +419,12 @@ def _execute_and_check(entry, nb, source, executed, results, parameters, execute
                      error={"ename": "NoResults", "evalue": f"{results} was not written"})
         raise NotebookFailed(nb, f"notebook {nb} ran to the end but did not write {results} "
                                  f"(its last cell must call run.save()); executed copy: {executed}", executed)
+    unreadable = _unreadable_results(results)
+    if unreadable:
+        entry.update(status="failed", wall_seconds=wall, finished=_now(),
+                     error={"ename": "CorruptResults", "evalue": unreadable})
+        raise NotebookFailed(nb, f"notebook {nb} ran to the end but {unreadable}; executed copy: {executed}",
+                             executed)
     entry.update(status="finished", wall_seconds=wall, finished=_now())
     log(f"{tag} finished in {format_seconds(wall)}")
 
@@ -353,21 +463,17 @@ def _recipe_text(recipe) -> str:
 
 
 def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
-    """Notebooks 04-06, with the sizes of :mod:`kx_utils.experiments`'s plan where it has them."""
-    try:
-        from .experiments import section5_plan
-        s5 = section5_plan(p)
-    except (ImportError, AttributeError, ValueError):  # the notebooks' helpers decide the details
-        s5 = None
+    """Notebooks 04-06, with the sizes of the profile's Section 5 plan (``p.section5``)."""
+    s5 = p.section5
     budget, epochs = p.transfer_budget, p.surrogate_recipe.epochs
-    extra = (getattr(s5, "extra_format_victims", None) or ()) if s5 else ()
-    t7_victims = len(s5.table7_victims or ()) or victims if s5 else victims
-    t7_sizes = (s5.table7_batch_sizes if s5 else None) or p.batch_sizes
+    extra = s5.extra_format_victims or ()
+    t7_victims = len(s5.table7_victims or ()) or victims
+    t7_sizes = s5.table7_batch_sizes or p.batch_sizes
     f2 = (f"Figure 2: {', '.join(s5.figure2_victims)} with {s5.figure2_budget or budget:,} queries for "
-          f"{s5.figure2_epochs or epochs} epochs" if s5 else "Figure 2: Caltech, CIFAR10, GTSRB-5L")
+          f"{s5.figure2_epochs or epochs} epochs")
+    control = " (and the same grid on ImageNet queries)" if s5.imagenet_control else ""
     grid = (f"a validation grid of batch sizes {', '.join(map(str, s5.grid_batch_sizes or p.batch_sizes))} "
-            f"x {s5.grid_epochs or epochs} epochs{' (and the same grid on ImageNet queries)' if s5.imagenet_control else ''}"
-            if s5 else "batch size and epochs chosen on a validation split")
+            f"x {s5.grid_epochs or epochs} epochs{control}")
     per_class = "all available" if p.in_distribution_per_class is None else p.in_distribution_per_class
     return [
         f"04_architecture_and_output: Table 5: surrogates for GTSRB-5L and CIFAR10-9L ({budget:,} queries each); "

@@ -10,7 +10,8 @@ A document looks like::
 Tables use the row keys and column names of :mod:`kx_utils.paper`, so the report
 can put the paper's number beside ours.  Accuracies and rates are fractions.
 Documents are written atomically next to the executed notebooks, in
-``runs/<profile>/`` (or ``$KX_RUNS/<profile>/``).
+``runs/<profile>/`` (or ``$KX_RUNS/<profile>/``); :func:`read_results` reads one
+back, and a missing or corrupt file is an error that names it.
 """
 
 from __future__ import annotations
@@ -100,11 +101,30 @@ class NotebookRun:
         return path
 
 
-def load_results(notebook: str, profile_name: str, runs: str | os.PathLike | None = None) -> dict:
-    path = results_path(notebook, profile_name, runs)
+class CorruptResultsError(ValueError):
+    """A results file exists but is not a results document; the message names the file."""
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    """The results document at ``path`` (a notebook's ``runs/<profile>/<notebook>.json``).
+
+    Raises FileNotFoundError when it is missing and :class:`CorruptResultsError` when it
+    cannot be read as a JSON object: either way the message names the file and what to do,
+    and a corrupt file is never taken for a missing one (or the other way round).
+    """
+    path = Path(path)
+    rerun = (f"run notebooks/{path.stem}.ipynb (or `python -m kx_utils reproduce --profile "
+             f"{path.parent.name} --only {path.stem}`)")
     if not path.is_file():
-        raise FileNotFoundError(f"no results of {notebook} for profile {profile_name}: {path} is missing; "
-                                f"run notebooks/{notebook}.ipynb (or `python -m kx_utils reproduce "
-                                f"--profile {profile_name} --only {notebook}`) first")
-    with open(path) as f:
-        return json.load(f)
+        raise FileNotFoundError(f"no results of {path.stem} for profile {path.parent.name}: {path} is "
+                                f"missing; {rerun} first")
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptResultsError(f"results file {path} cannot be read ({exc}); {rerun} again to "
+                                  "rewrite it") from None
+    if not isinstance(document, dict):
+        raise CorruptResultsError(f"results file {path} holds a JSON {type(document).__name__}, not a "
+                                  f"results document (a JSON object); {rerun} again to rewrite it")
+    return document

@@ -1,6 +1,8 @@
 """Side-by-side tables: the paper's number, ours, and the difference, as pandas DataFrames.
 
 Used by the notebooks to show a table and by the report to write it as CSV and Markdown.
+Accuracies and rates are stored as fractions and shown as percentages (differences in
+percentage points); :func:`is_rate` decides which columns hold them, by name.
 """
 
 from __future__ import annotations
@@ -10,17 +12,26 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-RATE_SUFFIXES = ("_acc", "_tpr", "_tnr", "tpr", "tnr", "_at_ours", "_at_95")
+# a column is a rate (a fraction shown as a percentage) when its name ends with one of these ...
+RATE_SUFFIXES = ("_acc", "_tpr", "_tnr", "tpr", "tnr", "_at_ours", "_at_95", "auroc", "_fpr_at_95tpr", "_rate",
+                 "_kept_classes", "_all_classes", "chance")
+# ... or starts with one of these: Table 7's bs<batch size> columns, the shares of queries a detector flags
+RATE_PREFIXES = ("bs", "flagged_")
+MEASURE_INDEX = "measure"  # the index name of a table with one row per measure (measure_table)
 
 
 def is_rate(column: str) -> bool:
     """Columns holding accuracies or rates (fractions shown as percentages)."""
-    return column.endswith(RATE_SUFFIXES) or column.startswith("bs")
+    return column.endswith(RATE_SUFFIXES) or column.startswith(RATE_PREFIXES)
 
 
 def _num(value):
-    return value if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)) \
-        else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+        isinstance(value, float) and math.isnan(value)) else None
+
+
+def _difference(ours, paper):
+    return (ours - paper) if _num(paper) is not None and _num(ours) is not None else None
 
 
 def side_by_side(ours: Mapping[str, Mapping], paper: Mapping[str, Mapping], columns: Iterable[str],
@@ -29,24 +40,33 @@ def side_by_side(ours: Mapping[str, Mapping], paper: Mapping[str, Mapping], colu
 
     ``diff`` is ours minus the paper's, where both are numbers.  Keys missing on
     one side show as empty cells, so a stand-in row without a paper counterpart
-    still appears.
+    still appears.  Cells keep their Python values (counts stay integers).
     """
     columns = list(columns)
     keys = list(rows) if rows is not None else list(dict.fromkeys([*paper.keys(), *ours.keys()]))
     records, index = [], []
     for key in keys:
-        p, o = paper.get(key, {}), ours.get(key, {})
+        p, o = paper.get(key) or {}, ours.get(key) or {}
         rec = {}
         for col in columns:
             pv, ov = p.get(col), o.get(col)
             rec[(col, "paper")] = pv
             rec[(col, "ours")] = ov
-            rec[(col, "diff")] = (ov - pv) if _num(pv) is not None and _num(ov) is not None else None
+            rec[(col, "diff")] = _difference(ov, pv)
         records.append(rec)
         index.append((names or {}).get(key, key))
-    frame = pd.DataFrame(records, index=pd.Index(index, name="row"))
+    frame = pd.DataFrame(records, index=pd.Index(index, name="row"), dtype=object)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["measure", "source"])
     return frame
+
+
+def measure_table(ours: Mapping, paper: Mapping, measures: Iterable[str]) -> pd.DataFrame:
+    """A single experiment's numbers, one row per measure: ``paper``, ``ours`` and ``diff``."""
+    measures = list(measures)
+    records = [{"paper": paper.get(m), "ours": ours.get(m), "diff": _difference(ours.get(m), paper.get(m))}
+               for m in measures]
+    return pd.DataFrame(records, index=pd.Index(measures, name=MEASURE_INDEX), columns=["paper", "ours", "diff"],
+                        dtype=object)
 
 
 def format_cell(column: str, value) -> str:
@@ -59,18 +79,31 @@ def format_cell(column: str, value) -> str:
     return str(value)
 
 
+def format_difference(column: str, value) -> str:
+    """Ours minus the paper's: percentage points for rates, signed numbers otherwise."""
+    if _num(value) is None:
+        return format_cell(column, value)
+    if isinstance(value, float) and is_rate(column):
+        return f"{100 * value:+.1f} pp"
+    return f"{value:+.2f}" if isinstance(value, float) else f"{value:+d}"
+
+
 def formatted(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy with rates as percentages (differences in percentage points) for display."""
+    """A copy with rates as percentages (differences in percentage points) for display.
+
+    The measure of a cell is its column's (its ``(measure, source)`` column of
+    :func:`side_by_side`), or its row's in a :func:`measure_table`.
+    """
     out = frame.copy().astype(object)
+    by_row = frame.index.name == MEASURE_INDEX
     for col in frame.columns:
         measure = col[0] if isinstance(col, tuple) else col
-        source = col[1] if isinstance(col, tuple) else ""
-        for idx in frame.index:
-            v = frame.at[idx, col]
-            if source == "diff" and isinstance(v, float) and is_rate(measure) and not math.isnan(v):
-                out.at[idx, col] = f"{100 * v:+.1f} pp"
-            else:
-                out.at[idx, col] = format_cell(measure, v)
+        source = col[1] if isinstance(col, tuple) else col
+        for i, idx in enumerate(frame.index):
+            v = frame.iloc[i][col]
+            m = str(idx) if by_row else str(measure)
+            out.iloc[i, frame.columns.get_loc(col)] = (format_difference(m, v) if source == "diff"
+                                                       else format_cell(m, v))
     return out
 
 

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .artifacts import ArtifactStore
+from .artifacts import ArtifactStore, artifact_kind
 from .data import ImageSet, dataset_info, load_split
 from .models import SHORT_NAMES, Classifier, build_model
 from .profiles import VICTIM_KEYS, Profile, Recipe
 from .train import fit, per_class_accuracy, pick_device, predict_logits
+
+VICTIM = artifact_kind("victim", 1)  # a trained victim: weights, history, test accuracy
 
 
 @dataclass(frozen=True)
@@ -128,15 +130,15 @@ def get_victim(profile: Profile, key: str, store: ArtifactStore | None = None,
     """The trained victim ``key`` of ``profile``: loaded from the cache, else trained and stored."""
     store = store or ArtifactStore(profile.cache_root)
     settings = victim_settings(profile, key)
-    blob = store.load("victim", settings)
+    blob = store.load(VICTIM, settings)
     from_cache = blob is not None
     if blob is None:
         if not train_if_missing:
             raise FileNotFoundError(f"victim {key} of profile {profile.name} is not trained yet: "
                                     "run notebooks/01_victims.ipynb first")
         blob = _train_victim(profile, key, settings, store)
-        store.save("victim", settings, blob)
-        checkpoint = store.scratch_path("victim", settings, "ckpt")
+        store.save(VICTIM, settings, blob)
+        checkpoint = store.scratch_path(VICTIM, settings, "ckpt")
         checkpoint.unlink(missing_ok=True)
     model = build_model(settings["arch"], len(blob["classes"]), pretrained=False)
     model.load_state_dict(blob["state_dict"])
@@ -155,7 +157,7 @@ def _train_victim(profile: Profile, key: str, settings: dict, store: ArtifactSto
     t0 = time.perf_counter()
     history = fit(model, train.images, train.labels, recipe, eval_sets={"test": (test.images, test.labels)},
                   seed=profile.seed, device=pick_device(profile.device),
-                  checkpoint=store.scratch_path("victim", settings, "ckpt"), progress=profile.progress,
+                  checkpoint=store.scratch_path(VICTIM, settings, "ckpt"), progress=profile.progress,
                   desc=victim_name(profile, key), eval_batch_size=profile.eval_batch_size)
     seconds = time.perf_counter() - t0
     pred = predict_logits(model, test.images, profile.eval_batch_size, pick_device(profile.device)).argmax(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from kx_utils import get_profile
 from kx_utils.artifacts import ArtifactStore
 
 REPO = Path(__file__).resolve().parent.parent
+# `make test-gpu` sets KX_TEST_DEVICE=cuda: the same unit tests then run every model on the GPU
+TEST_DEVICE = os.environ.get("KX_TEST_DEVICE", "cpu")
 
 
 PALETTE = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (200, 30, 200), (30, 200, 200)]
@@ -58,4 +61,4 @@ def tiny_profile(tiny_data, tmp_path):
                        victim_recipe={"epochs": 2, "batch_size": 16, "lr": 0.01, "augment": "none"},
                        scratch_recipe={"epochs": 8, "batch_size": 16},
                        surrogate_recipe={"epochs": 2, "batch_size": 16, "lr": 0.01},
-                       device="cpu", progress=False)
+                       device=TEST_DEVICE, progress=False)

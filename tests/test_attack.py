@@ -2,23 +2,31 @@ import pytest
 import torch
 
 from kx_utils.api import PredictionAPI
+from kx_utils.artifacts import ArtifactStore
 from kx_utils.attack import (BudgetError, attacker_pool, knockoff, query_settings, query_victim,
                              sample_transfer_set)
 from kx_utils.victims import get_victim, victim_name
+
+
+def is_count_of(accuracy: float, n: int) -> bool:
+    """``accuracy`` is k/n for a whole number k: an accuracy measured on exactly n items."""
+    return abs(accuracy * n - round(accuracy * n)) < 1e-4
 
 
 def test_transfer_set_sampling_is_seeded_and_never_repeats():
     a = sample_transfer_set(100, 40, seed=7)
     assert torch.equal(a, sample_transfer_set(100, 40, seed=7))
     assert not torch.equal(a, sample_transfer_set(100, 40, seed=8))
-    assert len(set(a.tolist())) == 40 and a.max() < 100
+    assert len(set(a.tolist())) == 40  # no image twice
+    assert sorted(sample_transfer_set(100, 100, seed=7).tolist()) == list(range(100))  # the whole pool, once each
 
 
 def test_budget_larger_than_pool_is_an_error_unless_replacement_is_asked_for():
     with pytest.raises(BudgetError, match="replace=True"):
         sample_transfer_set(10, 11, seed=0)
     with_replacement = sample_transfer_set(10, 50, seed=0, replace=True)
-    assert len(with_replacement) == 50 and with_replacement.max() < 10
+    assert len(with_replacement) == 50
+    assert sorted(set(with_replacement.tolist())) == list(range(10))  # 50 draws over a pool of 10 (seed 0)
 
 
 def test_victim_is_trained_once_then_loaded(tiny_profile):
@@ -51,9 +59,20 @@ def test_knockoff_end_to_end_and_cached(tiny_profile):
     result = knockoff(tiny_profile, "cifar10")
     assert result.query_count == result.queries_sent == tiny_profile.transfer_budget
     assert len(result.history) == tiny_profile.surrogate_recipe.epochs
-    assert 0 <= result.final_accuracy <= 1 and result.best_accuracy >= result.final_accuracy
-    assert sum(result.transfer_histogram) == tiny_profile.transfer_budget
+    test_accs = [row["test_acc"] for row in result.history]
+    assert result.final_accuracy == test_accs[-1]  # the headline is the last epoch, not the best
+    assert (result.best_accuracy, result.best_epoch) == (max(test_accs), test_accs.index(max(test_accs)) + 1)
+    assert result.recovery == pytest.approx(result.final_accuracy / result.victim_accuracy)
+    # the test set holds 8 images of each of the 4 classes: each accuracy is a count of 32, and the
+    # final model's per-class accuracies average to the last epoch's accuracy
+    assert all(is_count_of(acc, 32) for acc in test_accs)
     assert len(result.per_class_surrogate) == 4
+    assert all(is_count_of(acc, 8) for acc in result.per_class_surrogate)
+    assert sum(result.per_class_surrogate) / 4 == pytest.approx(result.final_accuracy)
+    # the histogram counts the victim's predicted class over the queries it answered
+    answers = ArtifactStore(tiny_profile.cache_root).load("answers", result.settings["query"])["answers"]
+    assert result.transfer_histogram == torch.bincount(answers.argmax(1), minlength=4).tolist()
+    assert sum(result.transfer_histogram) == tiny_profile.transfer_budget
     again = knockoff(tiny_profile, "cifar10")
     assert again.from_cache and again.queries_sent == 0
     assert again.final_accuracy == result.final_accuracy
@@ -71,7 +90,10 @@ def test_validation_split_reports_the_validation_selected_epoch(tiny_profile):
     assert "val_acc" in result.history[0]
     chosen = max(result.history, key=lambda r: (r["val_acc"], -r["epoch"]))
     assert result.val_selected_epoch == chosen["epoch"]
-    assert result.val_selected_accuracy == chosen["test_acc"] <= result.best_accuracy
+    assert result.val_selected_accuracy == chosen["test_acc"]
+    # a quarter of the 60 queries is held out: every validation accuracy is a count of 15
+    assert all(is_count_of(row["val_acc"], 15) for row in result.history)
+    assert result.settings["validation_fraction"] == 0.25
 
 
 def test_pool_budget_error_through_the_attack(tiny_profile):

@@ -3,7 +3,7 @@ import torch
 
 from kx_utils import data as kd
 from kx_utils.data import (CorruptImageError, DatasetNotFoundError, ImageSet, load_split,
-                           overlapping_classes, per_class_indices, resize_images)
+                           per_class_indices, resize_images)
 from tests.conftest import write_image_folder
 
 
@@ -86,14 +86,6 @@ def test_resize_keeps_uint8_and_constant_images():
     x = torch.full((2, 3, 8, 8), 77, dtype=torch.uint8)
     y = resize_images(x, 4)
     assert y.dtype == torch.uint8 and y.shape == (2, 3, 4, 4) and (y == 77).all()
-
-
-def test_overlapping_classes_matches_whole_words():
-    imagenet = ["albatross, mollymawk", "goldfinch, Carduelis carduelis", "ant, emmet, pismire",
-                "soccer ball", "airliner"]
-    names = ["Black footed Albatross", "American Goldfinch", "ant", "soccer_ball", "antelope",
-             "airplanes", "Cactus Wren"]
-    assert overlapping_classes(names, imagenet) == [0, 1, 2, 3]
 
 
 def test_registry_covers_the_papers_datasets():

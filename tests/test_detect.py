@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 
 from kx_utils import detect as D
+from kx_utils.data import resize_images
+from kx_utils.detect import experiments as E
 from kx_utils.api import PredictionAPI
 from kx_utils.artifacts import ArtifactStore
 from tests.conftest import write_image_folder
@@ -52,88 +54,19 @@ def test_tpr_at_tnr_extremes_and_bad_input():
         D.tpr_at_tnr(torch.tensor([0.1, float("nan")]), scores_ood, 0.9)
 
 
-# ---------------------------------------------------------------- baselines on a fixed tiny network
-
-
-def _tiny_linear_network():
-    """logits = W x + b on flattened 3 x 2 x 2 images, with fixed weights."""
-    gen = torch.Generator().manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    with torch.no_grad():
-        net[1].weight.copy_(torch.randn(3, 12, generator=gen))
-        net[1].bias.copy_(torch.tensor([0.1, -0.2, 0.05]))
-    return net.eval()
-
-
-def _tiny_images(n=5, seed=1):
-    return torch.rand(n, 3, 2, 2, generator=torch.Generator().manual_seed(seed))
-
-
-def test_msp_score_is_one_minus_the_largest_softmax_probability():
-    net, x = _tiny_linear_network(), _tiny_images()
-    w, b = net[1].weight.detach(), net[1].bias.detach()
-    logits = x.reshape(len(x), -1) @ w.T + b
-    expected = 1 - torch.exp(logits - torch.logsumexp(logits, 1, keepdim=True)).max(1).values
-    assert torch.allclose(D.msp_scores(net, x), expected, atol=1e-6)
-
-
-def test_odin_score_by_hand():
-    net, x = _tiny_linear_network(), _tiny_images()
-    w, b = net[1].weight.detach().double(), net[1].bias.detach().double()
-    flat = x.reshape(len(x), -1).double()
-    for temperature, epsilon in ((1.0, 0.0), (10.0, 0.01), (1000.0, 0.05)):
-        p = torch.softmax((flat @ w.T + b) / temperature, 1)
-        k = p.argmax(1)
-        # d/dx log softmax_k((Wx + b) / T) = (w_k - sum_j p_j w_j) / T
-        grad = (w[k] - p @ w) / temperature
-        moved = flat + epsilon * grad.sign()
-        expected = 1 - torch.softmax((moved @ w.T + b) / temperature, 1).max(1).values
-        got = D.odin_scores(net, x, temperature, epsilon)
-        assert torch.allclose(got.double(), expected, atol=1e-5), (temperature, epsilon)
-    assert torch.allclose(D.odin_scores(net, x, 1.0, 0.0), D.msp_scores(net, x), atol=1e-6)
-
-
-def test_odin_grid_matches_single_settings():
-    net, x = _tiny_linear_network(), _tiny_images()
-    grid = D.odin_grid_scores(net, x, [1.0, 100.0], [0.0, 0.02])
-    for (t, e), scores in grid.items():
-        assert torch.allclose(scores, D.odin_scores(net, x, t, e), atol=1e-6)
-
-
-def test_mahalanobis_fit_and_score_by_hand():
-    gen = torch.Generator().manual_seed(3)
-    features = torch.randn(40, 3, generator=gen, dtype=torch.float64)
-    labels = torch.arange(40) % 2
-    features[labels == 1] += 2.0
-    gaussians = D.ClassGaussians.fit(features, labels)
-    f, y = features.numpy(), labels.numpy()
-    means = np.stack([f[y == c].mean(0) for c in (0, 1)])
-    centred = f - means[y]
-    precision = np.linalg.inv(centred.T @ centred / len(f))
-    assert np.allclose(gaussians.means.numpy(), means)
-    assert np.allclose(gaussians.precision.numpy(), precision)
-
-    # features = A x of flattened 3 x 2 x 2 images: a linear "network" the test can differentiate by hand
-    a = torch.randn(3, 12, generator=gen, dtype=torch.float64)
-    feature_fn = lambda images: images.reshape(len(images), -1).double() @ a.T  # noqa: E731
-    x = _tiny_images(6, seed=4)
-    flat = x.reshape(len(x), -1).double()
-    for epsilon in (0.0, 0.03):
-        fx = flat @ a.T
-        d = np.stack([np.einsum("nd,de,ne->n", fx.numpy() - m, precision, fx.numpy() - m) for m in means], 1)
-        k = d.argmin(1)
-        # d/dx (f - m_k)^T P (f - m_k) = 2 A^T P (f - m_k)
-        grad = 2 * (fx.numpy() - means[k]) @ precision @ a.numpy()
-        moved = flat.numpy() - epsilon * np.sign(grad)
-        fm = moved @ a.numpy().T
-        expected = np.stack([np.einsum("nd,de,ne->n", fm - m, precision, fm - m) for m in means], 1).min(1)
-        got = D.mahalanobis_scores(feature_fn, gaussians, x, epsilon)
-        assert np.allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5), epsilon
-
-
-def test_mahalanobis_needs_every_class():
-    with pytest.raises(ValueError, match="class"):
-        D.ClassGaussians.fit(torch.randn(4, 2), torch.tensor([0, 0, 2, 2]))
+def test_auroc_and_fpr_at_95_tpr_by_hand():
+    scores_in = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    scores_ood = torch.tensor([0.9, 0.4, 0.7])
+    # pairs (ood > in): 0.9 beats 4; 0.4 beats 0.1, 0.35 and ties 0.4 (half); 0.7 beats 3 -> 9.5 / 12
+    assert D.auroc(scores_in, scores_ood) == pytest.approx(9.5 / 12)
+    from sklearn.metrics import roc_auc_score
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.round(torch.randn(50, generator=gen) * 3), torch.round(torch.randn(40, generator=gen) * 3 + 1)
+    assert D.auroc(a, b) == pytest.approx(roc_auc_score(np.r_[np.zeros(50), np.ones(40)], np.r_[a, b]))
+    # 95% of the 3 OOD scores needs all 3 flagged: threshold 0.4 flags in-scores 0.4 and 0.8 -> 2 of 4
+    assert D.fpr_at_tpr(scores_in, scores_ood, 0.95) == 0.5
+    # 2 of 3 suffice at 60%: threshold 0.7 flags only 0.8
+    assert D.fpr_at_tpr(scores_in, scores_ood, 0.6) == 0.25
 
 
 # ---------------------------------------------------------------- the logistic-regression detector
@@ -144,6 +77,35 @@ class _MeanColour(nn.Module):
 
     def forward(self, x):
         return torch.cat([x.mean((2, 3)), (x ** 2).mean((2, 3))], 1)
+
+
+class _Backbone(nn.Module):
+    """A fixed feature map with the ``features`` method of a Classifier (and a parameter for its device)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn, self.anchor = fn, nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def features(self, x):
+        return self.fn(x)
+
+
+def test_balanced_weights_keep_the_operating_point_balanced():
+    """An imbalanced, overlapping training set (1 victim image per 6 ImageNet images): the unweighted
+    regression passes few victim images at P(OOD) > 0.5; the balanced one about as many as it flags."""
+    gen = torch.Generator().manual_seed(7)
+    in_features, ood_features = torch.randn(150, 2, generator=gen) + 0.8, torch.randn(900, 2, generator=gen)
+    features = torch.cat([in_features, ood_features])
+    labels = torch.cat([torch.full((150,), D.IN_LABEL), torch.full((900,), D.OOD_LABEL)])
+    fitted = D.fit_logistic_cv(features, labels, folds=3, cs=(1.0,), seed=0)
+    z = (features - fitted["mean"]) / fitted["scale"]
+    p_ood = torch.sigmoid(-(z @ fitted["coef"] + fitted["intercept"]))
+    tpr, tnr = D.rates(p_ood[150:] > 0.5, p_ood[:150] > 0.5)
+    assert abs(tpr - tnr) < 0.15, (tpr, tnr)
+    from sklearn.linear_model import LogisticRegression
+    plain = LogisticRegression().fit(z.numpy(), labels.numpy())
+    plain_tnr = float((plain.predict_proba(z[:150].numpy())[:, D.IN_LABEL] > 0.5).mean())
+    assert plain_tnr < tnr - 0.2  # the imbalance the balanced weights correct
 
 
 def _colour_images(n, channel, seed):
@@ -160,8 +122,9 @@ def test_logistic_detector_separates_two_clearly_different_distributions():
     labels = torch.cat([torch.full((60,), D.IN_LABEL), torch.full((80,), D.OOD_LABEL)])
     fitted = D.fit_logistic_cv(features, labels, folds=3, cs=(0.01, 1.0, 100.0), seed=0)
     assert fitted["C"] in (0.01, 1.0, 100.0) and fitted["cv_score"] > 0.95
-    head = D.LogisticOODHead(fitted["mean"], fitted["scale"], fitted["coef"], fitted["intercept"])
-    detector = D.BinaryDetector("colour", nn.Sequential(backbone, head), 8, head=head)
+    detector = D.FrozenBackboneLogistic(_Backbone(backbone), 8, folds=3, cs=(0.01, 1.0, 100.0))
+    detector.fit(in_train, ood_train)
+    assert torch.allclose(detector.head.coef, fitted["coef"], atol=1e-5)
 
     in_test, ood_test = _colour_images(30, 0, 3), _colour_images(30, 2, 4)
     tpr, tnr = D.rates(detector.flag(ood_test), detector.flag(in_test))
@@ -169,7 +132,7 @@ def test_logistic_detector_separates_two_clearly_different_distributions():
     scores = detector.score(torch.cat([in_test, ood_test]))
     assert scores.dtype == torch.float32 and ((scores >= 0) & (scores <= 1)).all()
     # queries of another size are resized to the detector's input
-    assert torch.equal(detector.flag(D.resize_images(ood_test, 16)), detector.flag(ood_test))
+    assert torch.equal(detector.flag(resize_images(ood_test, 16)), detector.flag(ood_test))
 
     # in front of the API: flagged (OOD) queries are refused or answered with a label only
     victim = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
@@ -203,13 +166,14 @@ def test_cached_outputs_compute_once_per_image_set(tmp_path):
         return x.mean((2, 3))
 
     images = torch.randint(0, 255, (10, 3, 4, 4), dtype=torch.uint8)
-    first, cached = D.cached_outputs(store, "features", {"backbone": "mean"}, features, images, batch_size=4)
+    cpu = torch.device("cpu")
+    first, cached = E.cached_outputs(store, E.FEATURES, {"backbone": "mean"}, features, images, 4, cpu)
     assert not cached and sum(calls) == 10
-    second, cached = D.cached_outputs(store, "features", {"backbone": "mean"}, features, images, batch_size=4)
+    second, cached = E.cached_outputs(store, E.FEATURES, {"backbone": "mean"}, features, images, 4, cpu)
     assert cached and sum(calls) == 10 and torch.equal(first, second)
-    D.cached_outputs(store, "features", {"backbone": "mean"}, features, images[:5])
+    E.cached_outputs(store, E.FEATURES, {"backbone": "mean"}, features, images[:5], 4, cpu)
     assert sum(calls) == 15  # other images: computed
-    D.cached_outputs(store, "features", {"backbone": "other"}, features, images)
+    E.cached_outputs(store, E.FEATURES, {"backbone": "other"}, features, images, 4, cpu)
     assert sum(calls) == 25  # another producer: computed
 
 
@@ -230,6 +194,7 @@ def detection_profile(tiny_profile, tiny_data):
     write_image_folder(tiny_data / "ood_web" / "test", classes=1, per_class=12, seed=5, pattern="noise")
     return tiny_profile.replace(
         detector_arch="mobilenet_v2", cv_folds=3, detector_cv_cs=(0.01, 1.0), baseline_tuning_size=10,
+        detector_ood_share=0.5,
         detector_ood_train=None, detector_ood_test=None, openimages_test=None, detector_scratch_image_size=None,
         detector_scratch_train=40, odin_temperatures=(1.0, 100.0), odin_epsilons=(0.0, 0.002),
         mahalanobis_epsilons=(0.0, 0.002))
@@ -239,32 +204,69 @@ def test_detector_is_trained_once_and_flags_the_attackers_noise(detection_profil
     detector = D.get_detector(detection_profile, "cifar10")
     assert detector.name.startswith("CIFAR10-MNV2*CV@") and detector.image_size == 16
     data = D.detection_data(detection_profile, "cifar10")
-    assert len(data.ood_tune) == 10 and len(data.ood_train) == 120 - 10
+    # the defender holds half of ImageNet train (120 images): 10 for tuning, the rest for training
+    assert len(data.ood_tune) == 10 and len(data.ood_train) == 60 - 10
     assert not set(data.ood_tune.files) & set(data.ood_train.files)
-    measured = D.evaluate_detector(detection_profile, detector, data)
-    assert measured["tpr"] > 0.9 and measured["tnr"] > 0.9  # colour-coded classes vs uniform noise
+    assert data.overlap == []  # CIFAR10 shares no class with ImageNet
+    tpr, tnr = D.rates(detector.flag(data.ood_test.images), detector.flag(data.in_test.images))
+    assert tpr > 0.9 and tnr > 0.9  # colour-coded classes vs uniform noise
     again = D.get_detector(detection_profile, "cifar10")
     assert again.name == detector.name
     assert torch.equal(again.head.coef, detector.head.coef)
 
 
-def test_table4_and_filter_rows_on_tiny_data(detection_profile):
+def test_sets_keep_judged_queries_and_validation_samples_apart(detection_profile):
+    data = D.detection_data(detection_profile, "cifar10")
+    seen = set(data.ood_train.files) | set(data.ood_tune.files)
+    assert seen <= data.defender_files
+    pool = E.imagenet_pool(detection_profile, 16, ArtifactStore(detection_profile.cache_root))
+    unseen = D.unseen_mask(data, pool.files)
+    assert int(unseen.sum()) == len(pool) - len(data.defender_files) == 60
+    assert not {f for f, u in zip(pool.files, unseen.tolist()) if u} & seen
+    queries = D.unseen_imagenet_queries(detection_profile, "cifar10", 20)
+    unseen_images = pool.images[unseen]
+    assert all((unseen_images == q).all((1, 2, 3)).any() for q in queries)
+    with pytest.raises(ValueError, match="unseen"):
+        D.unseen_imagenet_queries(detection_profile, "cifar10", 61)
+    # the published protocol's validation samples are not among the images the tables measure
+    for sample, measured in ((data.validation["in"], data.in_test), (data.validation["imagenet"], data.ood_test),
+                             (data.validation["openimages"], data.openimages_test)):
+        assert len(sample) >= 1 and not set(sample.files) & set(measured.files)
+    assert not set(data.in_tune.files) & set(data.in_fit.files)
+    assert len(data.in_tune) + len(data.in_fit) == len(data.in_train)
+
+
+def test_table4_columns_use_our_tnr_and_the_same_images(detection_profile):
     result = D.table4_result(detection_profile, "cifar10")
-    for row in (result.row_a, result.row_b):
-        for column in ("ours_tpr", "ours_tnr", *(f"{m}_tpr_at_{w}" for m in D.BASELINES for w in ("ours", "95"))):
-            assert 0.0 <= row[column] <= 1.0, column
-    assert result.tuning["odin_temperature"] in (1.0, 100.0)
-    assert result.tuning["mahalanobis_epsilon"] in (0.0, 0.002)
+    for ood, row in (("imagenet", result.row_a), ("openimages", result.row_b)):
+        s = result.scores[ood]
+        assert len(s["in"]["ours"]) == row["in_test"] and all(len(v) == row["in_test"] for v in s["in"].values())
+        for method in D.BASELINE_COLUMNS:
+            assert row[f"{method}_tpr_at_ours"] == D.tpr_at_tnr(s["in"][method], s["ood"][method], row["ours_tnr"])
+            assert row[f"{method}_tpr_at_95"] == D.tpr_at_tnr(s["in"][method], s["ood"][method], 0.95)
+            assert row[f"{method}_auroc"] == D.auroc(s["in"][method], s["ood"][method])
+        assert row["classes_dropped"] == 0
+    fair, published = result.tuning["fair"], result.tuning["published_imagenet"]
+    assert fair["tuning_ood"] == 10 and published["tuning_ood"] == len(
+        D.detection_data(detection_profile, "cifar10").validation["imagenet"])
+    assert len(fair["mahalanobis_layer_weights"]) > 1
+
+
+def test_filter_counts_unseen_queries_apart(detection_profile):
     report = D.filter_report(detection_profile, "cifar10")
     assert report["transfer_queries"] == detection_profile.transfer_budget
-    assert 0 <= report["transfer_flagged"] <= report["transfer_queries"]
-    assert report["benign_queries"] == len(D.detection_data(detection_profile, "cifar10").in_test)
+    data = D.detection_data(detection_profile, "cifar10")
+    pool = E.imagenet_pool(detection_profile, 16, ArtifactStore(detection_profile.cache_root))
+    from kx_utils.attack import sample_transfer_set
+    indices = sample_transfer_set(len(pool), detection_profile.transfer_budget, detection_profile.seed)
+    assert report["unseen_queries"] == int(D.unseen_mask(data, [pool.files[i] for i in indices]).sum())
+    assert report["benign_queries"] == len(data.in_test)
     assert D.filter_report(detection_profile, "cifar10")["queries_sent"] == 0  # answers reused
 
 
 def test_scratch_detector_trains_on_both_labels(detection_profile):
     detector = D.scratch_detector(detection_profile, "cifar10", "resnet18", starred=False)
     assert detector.info["train_in"] == 40 and detector.info["train_ood"] == 40
-    scores = detector.score(torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8))
-    assert scores.shape == (4,) and ((scores >= 0) & (scores <= 1)).all()
-    assert D.scratch_detector(detection_profile, "cifar10", "resnet18", starred=False).name == detector.name
+    again = D.scratch_detector(detection_profile, "cifar10", "resnet18", starred=False)
+    images = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
+    assert again.name == detector.name and torch.equal(again.score(images), detector.score(images))

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from kx_utils.attack import KnockoffResult, attacker_pool, knockoff
-from kx_utils.experiments import (SECTION5_PLANS, attack_formats, batch_size_rows, curve_entry,
+from kx_utils.attack import KnockoffResult, knockoff
+from kx_utils.experiments import (Section5Plan, attack_formats, batch_size_rows, curve_entry,
                                   early_stopping_row, figure1_data, flagged_share, format_row,
-                                  imagenet_queries, in_distribution_budget, largest_gaps, section5_plan,
+                                  in_distribution_budget, largest_gaps, section5_plan,
                                   select_by_validation, transfer_answers, validation_grid)
 
 
@@ -98,11 +98,21 @@ def test_flagged_share_counts_one_flag_per_image():
 
 def test_section5_plan_applies_changes_and_rejects_unknown_ones(tiny_profile):
     plan = section5_plan(tiny_profile, figure2_epochs=7, grid_batch_sizes=[16, 32], table7_victims=None)
+    assert isinstance(plan, Section5Plan)
     assert plan.figure2_epochs == 7 and plan.grid_batch_sizes == (16, 32)
-    assert plan.table7_victims == SECTION5_PLANS["smoke"].table7_victims  # None keeps the plan's value
+    assert plan.table7_victims == ("cifar10", "gtsrb_5l")  # None keeps smoke's value
+    assert section5_plan(tiny_profile) == tiny_profile.section5  # no change: the profile's own plan
     with pytest.raises(ValueError, match="figure2_epochs"):
         section5_plan(tiny_profile, figure_epochs=3)
-    assert set(SECTION5_PLANS) == {"smoke", "mini", "paper"}
+
+
+def test_section5_plan_is_the_profiles_own_whatever_its_name(tiny_profile):
+    from kx_utils import get_profile
+
+    renamed = tiny_profile.replace(name="my_run")  # once fell back to mini's plan
+    assert section5_plan(renamed) == get_profile("smoke").section5 != get_profile("mini").section5
+    assert section5_plan(get_profile("paper")).imagenet_control is False
+    assert section5_plan(get_profile("mini", section5={"grid_epochs": 4})).grid_epochs == 4
 
 
 def test_in_distribution_budget_is_per_class_times_classes_capped_by_the_pool(tiny_profile):
@@ -173,10 +183,3 @@ def test_validation_grid_chooses_on_validation_and_reports_that_cells_test_accur
         assert result.epochs == 3 and result.batch_size == b and result.val_selected_epoch is not None
     with pytest.raises(ValueError, match="validation_fraction"):
         validation_grid(tiny_profile, "cifar10", batch_sizes=[16], epochs=2, validation_fraction=0.0, store=store)
-
-
-def test_imagenet_queries_are_the_first_queries_of_the_transfer_set(tiny_profile, store):
-    answered = transfer_answers(tiny_profile, "cifar10", store=store)
-    pool = attacker_pool(tiny_profile, "imagenet", None, 16, store)
-    first = imagenet_queries(tiny_profile, 10, 16, store)
-    assert torch.equal(first, pool.images[answered["indices"][:10]])

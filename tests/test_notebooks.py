@@ -1,13 +1,18 @@
 """Notebook-level checks on the smoke profile (nbval executes each notebook once besides).
 
 These run the real notebooks with papermill, twice where the second run must reuse the cache.
-They need the stand-in datasets: set KX_DATA (CI sets it to ../shared/datasets).
+Both runs use one fresh, temporary KX_CACHE (and KX_RUNS): the first run must compute
+everything, so the second can only reuse what the first computed, never a warm cache of
+an earlier session.  They need the stand-in datasets: set KX_DATA (CI sets it to
+../shared/datasets).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -16,44 +21,58 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.notebooks
 
 
+@dataclass
+class SmokeEnv:
+    runs: Path
+    cache: Path
+
+
 @pytest.fixture(scope="module")
-def smoke_env(tmp_path_factory):
+def smoke_env(tmp_path_factory) -> SmokeEnv:
     if not os.environ.get("KX_DATA"):
         pytest.skip("KX_DATA is not set: the notebook checks need the stand-in datasets")
-    runs = tmp_path_factory.mktemp("runs")
-    return runs
+    env = SmokeEnv(tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("kx_cache"))
+    assert not any(env.cache.iterdir())  # nothing cached yet: the first run computes everything
+    return env
 
 
-def _run(notebook: str, runs, **parameters) -> dict:
+def _run(notebook: str, env: SmokeEnv, **parameters) -> dict:
     import papermill as pm
-    os.environ["KX_RUNS"] = str(runs)
+    saved = {key: os.environ.get(key) for key in ("KX_RUNS", "KX_CACHE")}
+    os.environ["KX_RUNS"], os.environ["KX_CACHE"] = str(env.runs), str(env.cache)  # the kernel inherits them
     try:
-        pm.execute_notebook(str(REPO / "notebooks" / f"{notebook}.ipynb"), str(runs / f"{notebook}.ipynb"),
+        pm.execute_notebook(str(REPO / "notebooks" / f"{notebook}.ipynb"), str(env.runs / f"{notebook}.ipynb"),
                             parameters={"profile": "smoke", **parameters}, progress_bar=False,
                             cwd=str(REPO / "notebooks"))
     finally:
-        os.environ.pop("KX_RUNS", None)
-    with open(runs / "smoke" / f"{notebook}.json") as f:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    with open(env.runs / "smoke" / f"{notebook}.json") as f:
         return json.load(f)
 
 
 def test_victims_notebook_trains_then_reuses_cached_victims(smoke_env):
-    # a seed of its own keeps this test's victims apart from the nbval run's
-    first = _run("01_victims", smoke_env, overrides={"seed": 11})
-    second = _run("01_victims", smoke_env, overrides={"seed": 11})
+    first = _run("01_victims", smoke_env)
     victims = first["tables"]["victims"]
     assert set(victims) == {"caltech", "cubs", "diabetic5", "gtsrb", "cifar10", "gtsrb_5l", "cifar10_9l"}
-    assert all(row["victim_acc"] > row["chance"] for k, row in victims.items() if k in ("caltech", "gtsrb"))
+    assert not any(row["from_cache"] for row in victims.values())  # the fresh cache: all trained now
+    assert any((smoke_env.cache / "victim").glob("*.pt"))  # ... and stored where the second run looks
+    second = _run("01_victims", smoke_env)
     assert all(row["from_cache"] for row in second["tables"]["victims"].values())
+    assert all(row["victim_acc"] > row["chance"] for k, row in victims.items() if k in ("caltech", "gtsrb"))
     assert [r["victim_acc"] for r in second["tables"]["victims"].values()] == \
         [r["victim_acc"] for r in victims.values()]
     assert set(first["tables"]["table1"]) == {"caltech256", "cubs200", "diabetic5", "gtsrb", "cifar10"}
 
 
 def test_knockoff_notebook_queries_once(smoke_env):
-    first = _run("02_knockoff", smoke_env, overrides={"seed": 11})
-    second = _run("02_knockoff", smoke_env, overrides={"seed": 11})
+    first = _run("02_knockoff", smoke_env)
+    second = _run("02_knockoff", smoke_env)
     for key, row in first["tables"]["table2"].items():
         assert row["queries"] == row["budget"] > 0
+        assert row["queries_sent_now"] == row["budget"]  # the fresh cache: every query sent by the first run
         assert second["tables"]["table2"][key]["queries_sent_now"] == 0
         assert 0 < row["recovery"] and row["surrogate_acc"] == second["tables"]["table2"][key]["surrogate_acc"]

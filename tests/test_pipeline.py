@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -239,15 +240,176 @@ def test_plan_for_paper_reports_missing_data_and_weights_and_trains_nothing(tmp_
     assert cli.main(["plan", "--profile", "paper"]) == 1
 
 
-def test_plan_passes_when_everything_is_there(tmp_path, monkeypatch, capsys):
-    data = tmp_path / "data"
-    for folder, splits in (("gtsrb", ("train", "test")),):
-        for split in splits:
-            (data / folder / split / "c0").mkdir(parents=True)
-    monkeypatch.setenv("KX_DATA", str(data))
+# every folder the mini/smoke stand-in layout has (README, "Data")
+STANDIN_FOLDERS = ("caltech101/train", "caltech101/test", "caltech101/pool", "cub200_subset/train",
+                   "cub200_subset/test", "diabetic_retinopathy/train", "diabetic_retinopathy/test",
+                   "gtsrb/train", "gtsrb/test", "cifar10/train", "cifar10/test", "cifar10/pool",
+                   "tiny_imagenet/train", "tiny_imagenet/val", "ood_web/test")
+
+
+def standin_data(root: Path, leave_out: str | None = None) -> Path:
+    for folder in STANDIN_FOLDERS:
+        if folder != leave_out:
+            (root / folder / "c0").mkdir(parents=True)
+    return root
+
+
+def test_plan_passes_when_everything_is_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("KX_DATA", str(standin_data(tmp_path / "data")))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the weights come from their packages
     p = pl.plan(pl.get_profile("mini"))
-    assert any("gtsrb/train" in line for line in p.present)
-    assert not p.ok and any("Caltech" in m for m in p.missing)  # the other stand-ins are not there
+    assert p.missing == [] and p.ok, p.text()
+    for folder in STANDIN_FOLDERS:
+        assert any(line.endswith(str(tmp_path / "data" / folder)) for line in p.present), folder
+    assert any(line.startswith("ImageNet weights of mobilenet_v2: ") for line in p.present)
+    assert any(line.startswith("ImageNet weights of efficientnet_lite0: ") for line in p.present)
+    assert "Missing: nothing; the run can start." in p.text()
+
+
+def test_plan_fails_when_one_folder_or_weight_file_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("KX_DATA", str(standin_data(tmp_path / "data", leave_out="ood_web/test")))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    p = pl.plan(pl.get_profile("mini"))
+    assert not p.ok and len(p.missing) == 1
+    assert "OpenImages" in p.missing[0] and str(tmp_path / "data" / "ood_web" / "test") in p.missing[0]
+
+    import kx_utils.models
+    monkeypatch.setattr(kx_utils.models, "_packaged_weights", lambda arch: None)  # no weight package
+    p = pl.plan(pl.get_profile("mini"))
+    assert not p.ok and len(p.missing) == 3
+    assert any(m.startswith("ImageNet weights of mobilenet_v2: ") for m in p.missing)
+    assert any(m.startswith("ImageNet weights of efficientnet_lite0: ") for m in p.missing)
+
+
+def test_plan_states_the_profiles_own_section5_sizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("KX_DATA", str(tmp_path))
+    text = pl.plan(pl.get_profile("mini")).text()
+    assert "Table 7: 7 victims x batch sizes 64, 128, 256" in text
+    assert "Figure 2: caltech, cifar10, gtsrb_5l with 1,500 queries for 12 epochs" in text
+    assert "x 10 epochs (and the same grid on ImageNet queries)" in text
+    assert "top-1/top-3/rounded answers for caltech, cubs, cifar10" in text
+    text = pl.plan(pl.get_profile("smoke", section5={"figure2_epochs": 7, "table7_victims": ["cifar10"]})).text()
+    assert "Table 7: 1 victims x batch sizes 16, 64" in text and "with 200 queries for 7 epochs" in text
+    text = pl.plan(pl.get_profile("paper")).text()
+    assert "Figure 2: caltech, cifar10, gtsrb_5l with 100,000 queries for 200 epochs" in text
+    assert "(and the same grid" not in text and "for every pretrained victim" in text
+
+
+# ---------------------------------------------------------------- fingerprint of the package
+
+
+def copy_package(tmp_path) -> Path:
+    """A copy of kx_utils whose source a test may edit."""
+    target = tmp_path / "kx_utils_copy"
+    shutil.copytree(pl.PACKAGE_ROOT, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def test_the_package_fingerprint_covers_modules_and_data_files(tmp_path):
+    package = copy_package(tmp_path)
+    first = pl.package_fingerprint(package)
+    assert first == pl.package_fingerprint(package) == pl.package_fingerprint(pl.PACKAGE_ROOT)
+
+    (package / "__pycache__").mkdir(exist_ok=True)
+    (package / "__pycache__" / "attack.cpython-311.pyc").write_bytes(b"bytecode")
+    (package / ".attack.py.swp").write_bytes(b"an editor's")
+    assert pl.package_fingerprint(package) == first  # caches and hidden files do not count
+
+    module = package / "detect" / "binary.py"  # a module of a sub-package
+    module.write_text(module.read_text() + "\n# a fix\n")
+    assert pl.package_fingerprint(package) != first
+    module.write_text(module.read_text().removesuffix("\n# a fix\n"))
+    assert pl.package_fingerprint(package) == first
+
+    data = package / "overlap_lists" / "cifar10.csv"  # package data
+    data.write_text(data.read_text() + "extra\n")
+    assert pl.package_fingerprint(package) != first
+    data.write_text(data.read_text().removesuffix("extra\n"))
+
+    (package / "victims.py").rename(package / "victims_old.py")  # same content, other path
+    assert pl.package_fingerprint(package) != first
+
+
+def test_editing_a_module_makes_reproduce_rerun_the_notebooks(notebooks, runs, tmp_path):
+    package = copy_package(tmp_path)
+    fake = FakeExecute()
+    run(notebooks, execute=fake, package_root=package)
+    fake.calls.clear()
+    _, log = run(notebooks, execute=fake, package_root=package)
+    assert fake.calls == []  # nothing changed: every result is reused
+
+    module = package / "attack.py"
+    module.write_text(module.read_text().replace("def knockoff(", "def knockoff(  # fixed\n", 1))
+    _, log = run(notebooks, execute=fake, package_root=package)
+    assert fake.calls == list(NOTEBOOKS)  # a fix in kx_utils makes every earlier result stale
+    assert log.count("the kx_utils package changed since its last run") == len(NOTEBOOKS)
+    assert load_state("smoke")["notebooks"]["01_victims"]["package_fingerprint"] == \
+        pl.package_fingerprint(package)
+
+    fake.calls.clear()
+    run(notebooks, execute=fake, package_root=package)
+    assert fake.calls == []  # and the new results are reused in turn
+    (package / "overlap_lists" / "gtsrb.csv").write_text("changed\n")
+    run(notebooks, execute=fake, package_root=package, only=["03"])
+    assert fake.calls == ["03_detection"]
+
+
+def test_the_default_fingerprint_is_the_installed_packages(notebooks, runs, monkeypatch, tmp_path):
+    fake = FakeExecute()
+    run(notebooks, execute=fake)
+    package = copy_package(tmp_path)
+    (package / "paper.py").write_text("# another paper\n")
+    monkeypatch.setattr(pl, "PACKAGE_ROOT", package)  # what `reproduce` hashes without package_root
+    fake.calls.clear()
+    run(notebooks, execute=fake)
+    assert fake.calls == list(NOTEBOOKS)
+
+
+# ---------------------------------------------------------------- unreadable state and results
+
+
+def test_a_corrupt_state_file_is_an_error_that_names_it(notebooks, runs, capsys, monkeypatch):
+    run(notebooks, execute=FakeExecute())
+    path = runs / "smoke" / "pipeline.json"
+    path.write_text('{"profile": "smoke", "notebooks": {')  # a hand edit gone wrong
+    with pytest.raises(pl.CorruptStateError, match=f"{path}.*cannot be read.*delete it"):
+        load_state("smoke")
+    fake = FakeExecute()
+    with pytest.raises(pl.CorruptStateError, match=str(path)):
+        run(notebooks, execute=fake)
+    assert fake.calls == [] and path.read_text().startswith('{"profile"')  # nothing ran, nothing overwritten
+    path.write_text("[1, 2]")
+    with pytest.raises(pl.CorruptStateError, match=f"{path} is not a pipeline state"):
+        load_state("smoke")
+    monkeypatch.setattr(pl, "NOTEBOOK_DIR", notebooks)
+    monkeypatch.setattr(pl, "papermill_execute", fake)
+    assert cli.main(["reproduce", "--profile", "smoke", "--only", "01", "--no-report"]) == 1
+    assert str(path) in capsys.readouterr().err and fake.calls == []
+    path.unlink()  # what the message says to do
+    assert load_state("smoke") == {"profile": "smoke", "notebooks": {}, "invocations": []}
+
+
+def test_a_corrupt_results_file_is_reported_by_name_and_its_notebook_reruns(notebooks, runs):
+    fake = FakeExecute()
+    run(notebooks, execute=fake)
+    results = runs / "smoke" / "02_knockoff.json"
+    results.write_text('{"notebook": "02_kno')  # truncated by hand
+    fake.calls.clear()
+    _, log = run(notebooks, execute=fake)
+    assert fake.calls == ["02_knockoff"]
+    assert f"warning: results file {results} cannot be read" in log
+    assert json.loads(results.read_text())["notebook"] == "02_knockoff"  # rewritten by the rerun
+
+
+def test_a_notebook_that_writes_unreadable_results_fails(notebooks, runs):
+    class WritesGarbage(FakeExecute):
+        def __call__(self, notebook, executed, parameters, cwd):
+            super().__call__(notebook, executed, parameters, cwd)
+            executed.with_suffix(".json").write_text("[]")
+
+    with pytest.raises(NotebookFailed, match="01_victims.json holds a JSON list, not a results document"):
+        run(notebooks, execute=WritesGarbage())
+    assert load_state("smoke")["notebooks"]["01_victims"]["error"]["ename"] == "CorruptResults"
 
 
 def test_cli_usage_errors_exit_2_with_a_clear_message(capsys, runs):

@@ -1,6 +1,7 @@
 import pytest
 
 from kx_utils import PROFILES, ProfileError, get_profile
+from kx_utils.profiles import RATIONALE, Section5Plan
 
 
 def test_three_profiles_exist_and_paper_keeps_the_papers_settings():
@@ -45,3 +46,44 @@ def test_bad_recipe_and_victim_override_keys_are_errors():
 def test_image_size_override_merges_per_dataset():
     p = get_profile("mini", image_size={"cifar10": 32})
     assert p.image_size["cifar10"] == 32 and p.image_size["caltech256"] == 48
+
+
+def test_every_profile_carries_its_own_section5_plan():
+    paper, mini, smoke = (get_profile(n).section5 for n in ("paper", "mini", "smoke"))
+    assert all(isinstance(plan, Section5Plan) for plan in (paper, mini, smoke))
+    assert len({paper, mini, smoke}) == 3
+    # the paper runs everything at the profile's own sizes
+    assert (paper.extra_format_victims, paper.table7_victims, paper.table7_batch_sizes, paper.figure2_budget,
+            paper.figure2_epochs, paper.grid_epochs, paper.imagenet_control) == (None,) * 6 + (False,)
+    assert mini.table7_batch_sizes == (64, 128, 256) and (mini.figure2_budget, mini.figure2_epochs) == (1500, 12)
+    assert smoke.table7_victims == ("cifar10", "gtsrb_5l") and smoke.figure2_victims == mini.figure2_victims
+    assert {"extra_format_victims", "table7_batch_sizes", "figure2", "grid_epochs"} <= set(RATIONALE)
+
+
+def test_a_profile_without_a_section5_plan_cannot_exist():
+    with pytest.raises(ProfileError, match="section5 must be a Section5Plan"):
+        get_profile("mini").replace(name="custom", section5=None)
+    fields = {k: v for k, v in get_profile("mini").__dict__.items() if k != "section5"}
+    with pytest.raises(TypeError, match="section5"):
+        type(get_profile("mini"))(**fields)
+
+
+def test_section5_overrides_merge_and_unknown_keys_are_errors():
+    p = get_profile("mini", section5={"figure2_epochs": 6, "grid_batch_sizes": [32, 64]})
+    assert p.section5.figure2_epochs == 6 and p.section5.grid_batch_sizes == (32, 64)
+    assert p.section5.figure2_budget == 1500  # untouched values kept
+    with pytest.raises(ProfileError, match="valid Section 5 keys"):
+        get_profile("mini", section5={"figure_epochs": 6})
+
+
+def test_mini_is_the_paper_with_its_documented_changes():
+    paper, mini = get_profile("paper").as_dict(), get_profile("mini").as_dict()
+    # what mini keeps of the paper
+    for key in ("detector_scratch_archs", "scratch_image_size", "train_per_class", "test_per_class",
+                "batch_sizes", "validation_fraction", "cv_folds", "baseline_tnr", "seed"):
+        assert mini[key] == paper[key], key
+    # and some of what it changes (README, "What mini changes, and why")
+    assert (mini["backbone"], mini["transfer_budget"], mini["image_size"]["cifar10"]) == ("mobilenet_v2", 6000, 48)
+    assert mini["scratch_recipe"] == {**paper["scratch_recipe"], "epochs": 10}
+    assert mini["detector_recipe"] == {**paper["detector_recipe"], "epochs": 3}
+    assert (mini["detector_arch"], mini["detector_ood_share"]) == (None, 0.5)

@@ -1,0 +1,170 @@
+"""Figures 1 and 2 of the paper, drawn from the notebooks' figure data.
+
+The report saves them as PNG and PDF; notebooks 04 and 05 show the very same figures
+(``display(figure1(data))``).  Figures are made without pyplot, so drawing one never
+changes the backend of a notebook that imports this module, and seaborn's style is
+applied to them alone.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Mapping
+
+STYLE = "whitegrid"
+PALETTE = "colorblind"
+
+
+def png_bytes(fig, dpi: int = 100) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig._repr_png_ = lambda: png_bytes(fig)  # display(fig) shows it in a notebook, whatever its backend
+    return fig
+
+
+def gap_indices(data: Mapping, classes: list[str], victim: list[float], surrogate: list[float]) -> list[int]:
+    """The classes to mark: the data's ``largest_gaps`` (names or indices), else the two largest gaps."""
+    given = data.get("largest_gaps")
+    if given is None:  # two, as the paper's Figure 1 marks "deer" and "horse"
+        order = sorted(range(len(classes)), key=lambda i: victim[i] - surrogate[i], reverse=True)
+        return order[:2]
+    out = []
+    for g in given:
+        if isinstance(g, dict):
+            g = g.get("index", g.get("class"))
+        if isinstance(g, bool):
+            continue
+        if isinstance(g, int) and 0 <= g < len(classes):
+            out.append(g)
+        elif isinstance(g, str) and g in classes:
+            out.append(classes.index(g))
+    return out
+
+
+def figure1(data: Mapping, victim_label: str | None = None):
+    """Transfer-set histogram per predicted class, with per-class test accuracy of victim and surrogate.
+
+    ``data`` is notebook 04's ``figure1`` (:func:`kx_utils.experiments.figure1_data`).
+    """
+    import seaborn as sns
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    classes = [str(c) for c in data["classes"]]
+    histogram = list(data["histogram"])
+    victim, surrogate = list(data["per_class_victim"]), list(data["per_class_surrogate"])
+    if not (len(classes) == len(histogram) == len(victim) == len(surrogate)):
+        raise ValueError("figure1: classes, histogram and per-class accuracies differ in length "
+                         f"({len(classes)}, {len(histogram)}, {len(victim)}, {len(surrogate)})")
+    gaps = set(gap_indices(data, classes, victim, surrogate))
+    colours = sns.color_palette(PALETTE)
+    bar, gap_bar, victim_colour, surrogate_colour = "#c9c9c9", colours[1], colours[0], colours[3]
+    x = list(range(len(classes)))
+    fig = _new_figure(max(6.0, 0.55 * len(classes)), 4.6)
+    with sns.axes_style(STYLE):
+        ax = fig.add_subplot()
+        ax.bar(x, histogram, color=[gap_bar if i in gaps else bar for i in x], alpha=0.85)
+        ax.set_ylabel("queries in the transfer set")
+        ax.set_xticks(x, classes, rotation=45 if len(classes) <= 20 else 90, ha="right", fontsize=8)
+        for i, tick in enumerate(ax.get_xticklabels()):
+            if i in gaps:
+                tick.set_fontweight("bold")
+        acc = ax.twinx()
+        acc.grid(False)
+        acc.plot(x, victim, "o-", color=victim_colour, label="victim Acc per class")
+        acc.plot(x, surrogate, "s--", color=surrogate_colour, label="surrogate Acc per class")
+        acc.set_ylim(0, 1.05)
+        acc.set_ylabel("test accuracy per class")
+    handles = [Patch(color=bar, label="transfer-set queries per predicted class"),
+               Patch(color=gap_bar, label="class with one of the largest accuracy gaps"),
+               Line2D([], [], marker="o", color=victim_colour, label="victim Acc per class"),
+               Line2D([], [], marker="s", ls="--", color=surrogate_colour, label="surrogate Acc per class")]
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncols=2)
+    name = victim_label or data.get("name") or data.get("victim", "")
+    ax.set_title(f"Figure 1 — {name}: transfer set and per-class accuracy (bold: largest gaps)", fontsize=9)
+    return fig
+
+
+def _curves_frame(data: Mapping):
+    """Long form (victim, epoch, accuracy, seed) of each victim's test curve; per-seed curves where given."""
+    import pandas as pd
+
+    records = []
+    for key, row in data.items():
+        name = row.get("name", key)
+        seeds = [c for c in (row.get("test_acc_per_epoch_seeds") or []) if isinstance(c, list) and c]
+        for s, curve in enumerate(seeds or [row.get("test_acc_per_epoch") or []]):
+            records += [{"victim": name, "epoch": e, "accuracy": a, "seed": s} for e, a in enumerate(curve, 1)
+                        if a is not None]
+    return pd.DataFrame.from_records(records, columns=["victim", "epoch", "accuracy", "seed"])
+
+
+def figure2(data: Mapping):
+    """Surrogate test accuracy over the epochs per victim: the best epoch starred, the attacker's
+    validation accuracy dashed and its validation-selected epoch circled where measured.
+
+    ``data`` is notebook 05's ``figure2`` (:func:`kx_utils.experiments.curve_entry` per victim); a
+    victim with ``test_acc_per_epoch_seeds`` is drawn as the mean with a band of one sd over seeds.
+    """
+    import seaborn as sns
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    rows = {k: r for k, r in data.items() if r.get("test_acc_per_epoch")}
+    colours = dict(zip([r.get("name", k) for k, r in rows.items()], sns.color_palette(PALETTE)))
+    fig = _new_figure(8.0, 4.2)
+    with sns.axes_style(STYLE):
+        ax = fig.add_subplot()
+        curves = _curves_frame(rows)
+        if not curves.empty:
+            sns.lineplot(curves, x="epoch", y="accuracy", hue="victim", palette=colours, errorbar="sd",
+                         marker="o", markersize=4, ax=ax, legend=False)
+        for key, row in rows.items():
+            name, accs = row.get("name", key), list(row["test_acc_per_epoch"])
+            colour = colours[name]
+            val = row.get("val_acc_per_epoch")
+            if val:
+                ax.plot(range(1, len(val) + 1), val, ls="--", lw=1, color=colour, alpha=0.7)
+            best = row.get("best_epoch") or 1 + max(range(len(accs)), key=lambda i: accs[i])
+            best_acc = accs[best - 1] if 1 <= best <= len(accs) else max(accs)
+            ax.plot([best], [best_acc], marker="*", markersize=14, color=colour, markeredgecolor="black",
+                    linestyle="none", zorder=3)
+            ax.annotate(f"epoch {best}: {best_acc:.1%}", (best, best_acc), textcoords="offset points",
+                        xytext=(4, 6), fontsize=7)
+            chosen = row.get("val_selected_epoch")
+            if chosen and 1 <= chosen <= len(accs):
+                ax.plot([chosen], [accs[chosen - 1]], marker="o", markersize=10, markerfacecolor="none",
+                        markeredgecolor="black", linestyle="none", zorder=3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.margins(y=0.12)
+        ax.set(xlabel="epoch", ylabel="Acc(F_A) on the victim's test set")
+        ax.set_title("Figure 2 — surrogate accuracy over epochs (star: best epoch)", fontsize=9)
+    handles = [Line2D([], [], color=c, marker="o", markersize=4, label=n) for n, c in colours.items()]
+    handles += [Line2D([], [], color="grey", label="test accuracy"),
+                Line2D([], [], color="grey", ls="--", label="attacker's validation accuracy"),
+                Line2D([], [], marker="*", markersize=10, color="grey", markeredgecolor="black", ls="none",
+                       label="best test epoch"),
+                Line2D([], [], marker="o", markersize=8, markerfacecolor="none", markeredgecolor="black",
+                       ls="none", label="validation-selected epoch")]
+    if not any(r.get("val_acc_per_epoch") for r in rows.values()):
+        handles = [h for h in handles if h.get_label() not in ("attacker's validation accuracy",
+                                                                "validation-selected epoch")]
+    fig.legend(handles=handles, fontsize=7, loc="outside right upper")
+    return fig
+
+
+def save_figure(fig, folder: Path, stem: str) -> list[str]:
+    """``<stem>.png`` and ``<stem>.pdf`` in ``folder``; no timestamps, so a rerun gives the same bytes."""
+    fig.savefig(folder / f"{stem}.png", dpi=150, metadata={"Software": None})
+    fig.savefig(folder / f"{stem}.pdf", metadata={"CreationDate": None})
+    return [f"{stem}.png", f"{stem}.pdf"]
