@@ -171,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_argument(plan)
     plan.add_argument("--overrides", metavar="JSON", default=None, help="profile values to change, as JSON")
 
+    bench = sub.add_parser("bench", help="training and inference throughput of the profile's models, and the "
+                                         "accuracy of each surrogate path",
+                           description="Time every model and input size the profile trains, today's path beside "
+                                       "each candidate speed-up (bf16, torch.compile, channels_last, threads, "
+                                       "batch sizes, partial fine-tuning from cached activations), in one run, "
+                                       "and train one reference surrogate per surrogate path.")
+    _profile_argument(bench)
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile candidates")
+    bench.add_argument("--no-accuracy", action="store_true", help="skip the reference surrogates")
+    bench.add_argument("--accuracy-epochs", type=int, default=None,
+                       help="epochs of the reference surrogates (default: the profile's surrogate epochs)")
+    bench.add_argument("--out", metavar="FILE", default=None, help="also write the Markdown to FILE")
+
     arts = sub.add_parser("artifacts", help="check (or --record) the versions of the artifact kinds against "
                                             "their source",
                           description="Check that every artifact kind's version was bumped when the module "
@@ -250,12 +265,33 @@ def _report(profile_name: str, out=None) -> int:
     return EXIT_OK
 
 
+def _bench(args) -> int:
+    from .artifacts import atomic_write_text
+    from .bench import run_bench
+
+    try:
+        profile = get_profile(args.profile)
+    except ProfileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    frozen = tuple(sorted({0, 4, 7, 14, profile.surrogate_frozen_blocks}))
+    text = run_bench(profile, args.device, args.seconds, compile_model=not args.no_compile,
+                     accuracy_victims=() if args.no_accuracy else ("caltech", "gtsrb"), frozen=frozen,
+                     accuracy_epochs=args.accuracy_epochs, progress=lambda m: print(m, file=sys.stderr))
+    print(text)
+    if args.out:
+        atomic_write_text(Path(args.out), text + "\n")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     from .pipeline import CorruptStateError, NotebookFailed, PipelineError, reproduce
 
     args = build_parser().parse_args(argv)
     if args.command == "artifacts":
         return _artifacts(args.record)
+    if args.command == "bench":
+        return _bench(args)
     try:
         overrides = _overrides(getattr(args, "overrides", None))
         get_profile(args.profile, **overrides)

@@ -23,7 +23,8 @@ from .train import best_epoch, fit, per_class_accuracy, pick_device, predict_log
 from .victims import Victim, get_victim, load_dataset_split, victim_spec
 
 ANSWERS = artifact_kind("answers", 1)  # a transfer set: pool indices and the API's answers
-SURROGATE = artifact_kind("surrogate", 1)  # a trained surrogate's history and accuracies
+# v2: settings name the frozen backbone blocks and whether the test set is scored every epoch
+SURROGATE = artifact_kind("surrogate", 2)  # a trained surrogate's history and accuracies
 
 
 class BudgetError(ValueError):
@@ -193,15 +194,16 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
              pool: str = "imagenet", pool_split: str | None = None, budget: int | str | None = None,
              replace: bool = False, recipe: Recipe | None = None, batch_size: int | None = None,
              validation_fraction: float = 0.0, seed: int | None = None,
-             store: ArtifactStore | None = None, detector=None, detector_action: str = "refuse"
-             ) -> KnockoffResult:
+             store: ArtifactStore | None = None, detector=None, detector_action: str = "refuse",
+             test_curve: bool = True) -> KnockoffResult:
     """Run (or load) one Knockoff attack against victim ``victim_key`` of ``profile``.
 
     ``budget`` is a number of queries, None for the profile's budget, or ``"all"``
     for the whole pool.  ``validation_fraction`` > 0 holds that share of the
     transfer set out as the attacker's validation set (labelled by the victim's
     answers); the result then reports the test accuracy at the best validation
-    epoch, as a real attacker would stop.
+    epoch, as a real attacker would stop.  Without ``test_curve`` the victim's test set
+    is scored only after the last epoch (the result's best epoch is then the last).
     """
     store = store or ArtifactStore(profile.cache_root)
     seed = profile.seed if seed is None else seed
@@ -221,12 +223,13 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
 
     s_settings = {"query": q_settings, "surrogate_arch": profile.surrogate_arch,
                   "surrogate_size": surrogate_size, "recipe": recipe.as_dict(),
-                  "validation_fraction": validation_fraction, "seed": seed}
+                  "frozen_blocks": profile.surrogate_frozen_blocks,
+                  "validation_fraction": validation_fraction, "seed": seed, "test_curve": test_curve}
     blob = store.load(SURROGATE, s_settings)
     from_cache = blob is not None
     if blob is None:
         blob = _train_surrogate(profile, victim, pool_images, answered, recipe, validation_fraction,
-                                seed, store, s_settings)
+                                seed, store, s_settings, test_curve)
         store.save(SURROGATE, s_settings, blob)
         store.scratch_path(SURROGATE, s_settings, "ckpt").unlink(missing_ok=True)
 
@@ -253,7 +256,7 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
 
 def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, answered: dict,
                      recipe: Recipe, validation_fraction: float, seed: int, store: ArtifactStore,
-                     settings: dict) -> dict:
+                     settings: dict, test_curve: bool = True) -> dict:
     answers = answered["answers"]
     keep = answered_rows(answers)  # refused queries teach nothing
     if not keep.any():
@@ -275,7 +278,8 @@ def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, an
                   device=pick_device(profile.device),
                   checkpoint=store.scratch_path(SURROGATE, settings, "ckpt"),
                   progress=profile.progress, desc=f"surrogate of {victim.name}",
-                  eval_batch_size=profile.eval_batch_size)
+                  eval_batch_size=profile.eval_batch_size, frozen_blocks=profile.surrogate_frozen_blocks,
+                  evaluate_every_epoch=test_curve)
     pred = predict_logits(model, test.images, profile.eval_batch_size, pick_device(profile.device)).argmax(1)
     return {"history": history, "per_class_accuracy": per_class_accuracy(pred, test.labels, targets.shape[1]),
             "train_seconds": sum(r["train_seconds"] for r in history) or time.perf_counter() - t0,

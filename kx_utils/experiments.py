@@ -28,6 +28,7 @@ from .api import answered_rows, answers_to_targets
 from .artifacts import ArtifactStore
 from .attack import KnockoffResult, answer_transfer_set, knockoff
 from .profiles import FIGURE2_VICTIMS, RATIONALE, SECTION5_KEYS, Profile, Section5Plan  # noqa: F401 (re-exported)
+from .seeds import mean_curve, seeded, seeded_columns, seeds_for
 from .victims import get_victim
 
 # column prefix of Table 6 -> the API's answer format
@@ -39,6 +40,8 @@ ANSWER_FORMATS: dict[str, dict] = {
     "rounded": {"mode": "rounded", "decimals": 1},
 }
 PAPER_FORMATS = ("probs", "label")
+# the arguments of knockoff that choose the queries (the others choose how the surrogate trains)
+QUERY_ARGS = ("pool", "pool_split", "budget", "replace", "seed")
 EXTRA_FORMATS = ("top1", "top3", "rounded")
 
 
@@ -52,6 +55,43 @@ def section5_plan(profile: Profile, **changes) -> Section5Plan:
     if unknown:
         raise ValueError(f"unknown Section 5 setting(s) {unknown}; valid: {', '.join(SECTION5_KEYS)}")
     return profile.section5.replace(**{k: v for k, v in changes.items() if v is not None})
+
+
+def section5_attack(profile: Profile, plan: Section5Plan | None = None) -> dict:
+    """The keyword arguments of :func:`knockoff` for the surrogates of Tables 5-7 and 5.1.3's control:
+    the plan's budget and epochs, the victim's test set scored after the last epoch only."""
+    plan = plan or profile.section5
+    return {"budget": plan.budget or profile.transfer_budget,
+            "recipe": profile.surrogate_recipe.replace(epochs=plan.epochs or profile.surrogate_recipe.epochs),
+            "test_curve": False}
+
+
+def table2_attack(profile: Profile) -> dict:
+    """The keyword arguments of :func:`knockoff` for Table 2 (and Figure 2, and the budget curves)."""
+    return {"validation_fraction": profile.surrogate_validation_fraction}
+
+
+def knockoff_seeds(profile: Profile, victim_key: str, experiment: str, **attack_args) -> list[KnockoffResult]:
+    """One attack per seed the profile gives ``experiment`` (:func:`kx_utils.seeds.seeds_for`)."""
+    return [knockoff(profile, victim_key, seed=seed, **attack_args) for seed in seeds_for(profile, experiment)]
+
+
+def knockoff_row(results: Sequence[KnockoffResult]) -> dict:
+    """A row of Table 2 / 5 from the runs of one victim, one per seed: means, with ``<column>_seeds``."""
+    first = results[0]
+    per_seed = [{"surrogate_acc": r.final_accuracy, "recovery": r.recovery, "best_acc": r.best_accuracy,
+                 "best_recovery": r.best_recovery, "val_selected_acc": r.val_selected_accuracy}
+                for r in results]
+    row = {"name": first.victim_name, "victim_acc": first.victim_accuracy,
+           **seeded_columns(per_seed, ["surrogate_acc", "recovery", "best_acc", "best_recovery"]),
+           "best_epoch": [r.best_epoch for r in results] if len(results) > 1 else first.best_epoch,
+           "queries": first.query_count, "budget": first.budget, "epochs": first.epochs,
+           "seeds": [r.settings.get("seed") for r in results],
+           "queries_sent_now": sum(r.queries_sent for r in results),
+           "train_seconds": sum(r.train_seconds for r in results)}
+    if first.val_selected_accuracy is not None:
+        row.update(seeded("val_selected_acc", [r.val_selected_accuracy for r in results]))
+    return row
 
 
 # --------------------------------------------------------------------------- answers
@@ -96,7 +136,8 @@ def attack_formats(profile: Profile, victim_key: str, formats: Iterable[str] = P
         if name not in ANSWER_FORMATS:
             raise ValueError(f"unknown answer format {name!r}; valid: {', '.join(ANSWER_FORMATS)}")
         api_args = ANSWER_FORMATS[name]
-        answered = transfer_answers(profile, victim_key, store=store, **api_args, **attack_args)
+        query_args = {k: v for k, v in attack_args.items() if k in QUERY_ARGS}
+        answered = transfer_answers(profile, victim_key, store=store, **api_args, **query_args)
         targets = training_targets(answered["answers"])
         twin = next((other for other, t in seen_targets.items() if torch.equal(t, targets)), None)
         if twin is not None:
@@ -108,16 +149,23 @@ def attack_formats(profile: Profile, victim_key: str, formats: Iterable[str] = P
     return outcomes
 
 
-def format_row(outcomes: Mapping[str, FormatOutcome], columns: Iterable[str] = ANSWER_FORMATS) -> dict:
-    """One row of Table 6: ``<format>_acc`` (last epoch) and ``<format>_recovery``; None where not run."""
-    first = next(iter(outcomes.values())).result
+def format_row(outcomes: Mapping[str, FormatOutcome] | Sequence[Mapping[str, FormatOutcome]],
+               columns: Iterable[str] = ANSWER_FORMATS) -> dict:
+    """One row of Table 6: ``<format>_acc`` (last epoch) and ``<format>_recovery``; None where not run.
+
+    ``outcomes`` is one seed's :func:`attack_formats`, or a list of them (one per seed): each
+    column is then the mean over the seeds that ran that format, with ``<column>_seeds`` beside.
+    """
+    per_seed = [outcomes] if isinstance(outcomes, Mapping) else list(outcomes)
+    first = next(iter(per_seed[0].values())).result
     row = {"name": first.victim_name, "victim_acc": first.victim_accuracy}
     for name in columns:
-        outcome = outcomes.get(name)
-        row[f"{name}_acc"] = outcome.result.final_accuracy if outcome else None
-        row[f"{name}_recovery"] = outcome.result.recovery if outcome else None
-        if outcome and outcome.same_targets_as:
-            row[f"{name}_same_targets_as"] = outcome.same_targets_as
+        ran = [o[name] for o in per_seed if name in o]
+        row.update(seeded(f"{name}_acc", [o.result.final_accuracy for o in ran]) if ran else {f"{name}_acc": None})
+        row.update(seeded(f"{name}_recovery", [o.result.recovery for o in ran]) if ran
+                   else {f"{name}_recovery": None})
+        if ran and ran[0].same_targets_as:
+            row[f"{name}_same_targets_as"] = ran[0].same_targets_as
     return row
 
 
@@ -156,60 +204,114 @@ def figure1_data(result: KnockoffResult, classes: Sequence[str], n_gaps: int = 2
 
 
 def batch_size_rows(profile: Profile, victims: Iterable[str], batch_sizes: Iterable[int],
-                    store: ArtifactStore | None = None, on_result: Callable | None = None
+                    store: ArtifactStore | None = None, on_result: Callable | None = None, **attack_args
                     ) -> tuple[dict, dict]:
     """Table 7: the surrogate's last-epoch accuracy per training batch size, for each victim.
 
-    Returns ``(rows, results)``: ``rows[victim] = {name, victim_acc, bs<b>...,
-    best_batch_size}`` and ``results[victim][b]`` the KnockoffResult.  The number
-    of epochs is fixed, so a larger batch means fewer SGD steps, as in the paper.
+    Returns ``(rows, results)``: ``rows[victim] = {name, victim_acc, bs<b>, bs<b>_seeds...,
+    best_batch_size}`` and ``results[victim][b]`` the list of KnockoffResults, one per seed
+    (batch size 16 on the seeds of ``table7_bs16``, the others on those of ``table7``).  The
+    number of epochs is fixed, so a larger batch means fewer SGD steps, as in the paper.
     """
     store = store or ArtifactStore(profile.cache_root)
     rows, results = {}, {}
     for key in victims:
         results[key] = {}
         for b in batch_sizes:
-            result = knockoff(profile, key, batch_size=b, store=store)
-            results[key][b] = result
+            experiment = "table7_bs16" if b == 16 else "table7"
+            runs = knockoff_seeds(profile, key, experiment, batch_size=b, store=store, **attack_args)
+            results[key][b] = runs
             if on_result:
-                on_result(key, b, result)
-        first = next(iter(results[key].values()))
+                for run in runs:
+                    on_result(key, b, run)
+        first = next(iter(results[key].values()))[0]
         row = {"name": first.victim_name, "victim_acc": first.victim_accuracy}
-        row.update({f"bs{b}": r.final_accuracy for b, r in results[key].items()})
-        row["best_batch_size"] = max(results[key], key=lambda b: (results[key][b].final_accuracy, -b))
-        row["steps_per_epoch"] = {f"bs{b}": math.ceil(r.budget / b) for b, r in results[key].items()}
+        for b, runs in results[key].items():
+            row.update(seeded(f"bs{b}", [r.final_accuracy for r in runs]))
+        row["best_batch_size"] = max(results[key], key=lambda b: (row[f"bs{b}"], -b))
+        row["steps_per_epoch"] = {f"bs{b}": math.ceil(runs[0].budget / b) for b, runs in results[key].items()}
+        row["seeds_per_batch_size"] = {f"bs{b}": len(runs) for b, runs in results[key].items()}
         rows[key] = row
     return rows, results
 
 
-def curve_entry(result: KnockoffResult) -> dict:
-    """Figure 2: test accuracy over the epochs, the (test-selected) best epoch and the last one."""
-    entry = {"name": result.victim_name, "victim_acc": result.victim_accuracy,
-             "test_acc_per_epoch": [r["test_acc"] for r in result.history],
-             "best_epoch": result.best_epoch, "best_acc": result.best_accuracy,
-             "final_acc": result.final_accuracy, "budget": result.budget, "epochs": result.epochs}
-    if "val_acc" in result.history[0]:
-        entry["val_acc_per_epoch"] = [r["val_acc"] for r in result.history]
-        entry["val_selected_epoch"] = result.val_selected_epoch
+def curve_entry(results: KnockoffResult | Sequence[KnockoffResult]) -> dict:
+    """Figure 2: test accuracy over the epochs, the (test-selected) best epoch and the last one.
+
+    With several runs (one per seed) the curves are averaged epoch by epoch (``*_per_epoch``)
+    and kept per seed (``*_per_epoch_seeds``); best and last are read off the mean curve.
+    """
+    runs = [results] if isinstance(results, KnockoffResult) else list(results)
+    first = runs[0]
+    curves = [[r["test_acc"] for r in run.history] for run in runs]
+    curve = mean_curve(curves)
+    best = max(range(len(curve)), key=lambda i: (curve[i], -i))
+    entry = {"name": first.victim_name, "victim_acc": first.victim_accuracy, "test_acc_per_epoch": curve,
+             "best_epoch": best + 1, "best_acc": curve[best], "final_acc": curve[-1], "budget": first.budget,
+             "epochs": first.epochs}
+    if len(runs) > 1:
+        entry["test_acc_per_epoch_seeds"] = curves
+        entry["final_acc_seeds"] = [c[-1] for c in curves]
+    if "val_acc" in first.history[0]:
+        vals = [[r["val_acc"] for r in run.history] for run in runs]
+        entry["val_acc_per_epoch"] = mean_curve(vals)
+        if len(runs) > 1:
+            entry["val_acc_per_epoch_seeds"] = vals
+        entry["val_selected_epoch"] = first.val_selected_epoch if len(runs) == 1 else \
+            [run.val_selected_epoch for run in runs]
     return entry
 
 
-def early_stopping_row(result: KnockoffResult) -> dict:
+def early_stopping_row(results: KnockoffResult | Sequence[KnockoffResult]) -> dict:
     """The attacker who stops at its best validation epoch against the test-selected best epoch.
 
     ``gain_captured`` = (val-selected - last) / (best - last): the share of the
     best-epoch gain over training to the end that validation stopping obtains
     (None when the last epoch is already the best: there is no gain to capture).
+    Several runs (one per seed) give means, with ``<column>_seeds`` beside.
     """
-    if result.val_selected_accuracy is None:
+    runs = [results] if isinstance(results, KnockoffResult) else list(results)
+    if any(r.val_selected_accuracy is None for r in runs):
         raise ValueError("this attack held out no validation split: call knockoff with "
                          "validation_fraction > 0 to compare early stopping")
-    gain = result.best_accuracy - result.final_accuracy
-    return {"name": result.victim_name, "victim_acc": result.victim_accuracy,
-            "final_acc": result.final_accuracy, "final_epoch": result.epochs,
-            "best_acc": result.best_accuracy, "best_epoch": result.best_epoch,
-            "val_selected_acc": result.val_selected_accuracy, "val_selected_epoch": result.val_selected_epoch,
-            "gain_captured": (result.val_selected_accuracy - result.final_accuracy) / gain if gain > 0 else None}
+    first = runs[0]
+    row = {"name": first.victim_name, "victim_acc": first.victim_accuracy, "final_epoch": first.epochs,
+           **seeded_columns([{"final_acc": r.final_accuracy, "best_acc": r.best_accuracy,
+                              "val_selected_acc": r.val_selected_accuracy} for r in runs],
+                            ["final_acc", "best_acc", "val_selected_acc"])}
+    epochs = lambda attr: getattr(first, attr) if len(runs) == 1 else [getattr(r, attr) for r in runs]
+    row["best_epoch"], row["val_selected_epoch"] = epochs("best_epoch"), epochs("val_selected_epoch")
+    gain = row["best_acc"] - row["final_acc"]
+    row["gain_captured"] = (row["val_selected_acc"] - row["final_acc"]) / gain if gain > 0 else None
+    return row
+
+
+# --------------------------------------------------------------------------- budget curves
+
+
+def budget_curve(profile: Profile, victim_key: str, budgets: Iterable[int | str],
+                 store: ArtifactStore | None = None, on_result: Callable | None = None) -> dict:
+    """Recovery against the number of queries (beyond the paper): Table 2's attack at each budget.
+
+    Every budget trains with Table 2's recipe (same epochs, so a smaller budget also takes
+    fewer steps, as a smaller transfer set would) on the seeds of ``budget_curves``; the
+    budget equal to the profile's is Table 2's own runs.  Returns ``{"name", "victim_acc",
+    "points": {budget: {surrogate_acc, recovery (+ _seeds)}}}``.
+    """
+    store = store or ArtifactStore(profile.cache_root)
+    points = {}
+    for budget in budgets:
+        runs = knockoff_seeds(profile, victim_key, "budget_curves", budget=budget, store=store,
+                              **table2_attack(profile))
+        if on_result:
+            for run in runs:
+                on_result(victim_key, budget, run)
+        points[str(runs[0].budget)] = {"budget": runs[0].budget, "epochs": runs[0].epochs,
+                                       **seeded_columns([{"surrogate_acc": r.final_accuracy, "recovery": r.recovery}
+                                                         for r in runs], ["surrogate_acc", "recovery"]),
+                                       "seeds": len(runs)}
+        victim_acc, name = runs[0].victim_accuracy, runs[0].victim_name
+    return {"name": name, "victim_acc": victim_acc, "points": points}
 
 
 # --------------------------------------------------------------------------- 5.2.2
@@ -236,7 +338,8 @@ def select_by_validation(histories: Mapping[int, list[dict]]) -> tuple[int, dict
 
 def validation_grid(profile: Profile, victim_key: str, *, batch_sizes: Iterable[int], epochs: int,
                     validation_fraction: float, pool: str = "imagenet", pool_split: str | None = None,
-                    budget: int | str | None = None, store: ArtifactStore | None = None) -> dict:
+                    budget: int | str | None = None, store: ArtifactStore | None = None,
+                    seed: int | None = None) -> dict:
     """The tuned attacker of 5.2.2: one run per batch size, (batch size, epoch) chosen on validation.
 
     The transfer set is split once into train and validation (``validation_fraction``);
@@ -249,7 +352,8 @@ def validation_grid(profile: Profile, victim_key: str, *, batch_sizes: Iterable[
         raise ValueError("the validation grid needs a validation split: validation_fraction > 0")
     recipe = profile.surrogate_recipe.replace(epochs=epochs)
     results = {b: knockoff(profile, victim_key, pool=pool, pool_split=pool_split, budget=budget,
-                           recipe=recipe, batch_size=b, validation_fraction=validation_fraction, store=store)
+                           recipe=recipe, batch_size=b, validation_fraction=validation_fraction, store=store,
+                           seed=seed)
                for b in batch_sizes}
     chosen_bs, chosen = select_by_validation({b: r.history for b, r in results.items()})
     grid = {f"bs{b}": {"batch_size": b, "val_acc_per_epoch": [row["val_acc"] for row in r.history],

@@ -245,3 +245,37 @@ class _EfficientNetFeatures(nn.Module):
 
     def forward(self, x):
         return self.pool(self.net.extract_features(x)).flatten(1)
+
+
+# ---------------------------------------------------------------- partial fine-tuning
+
+def backbone_blocks(model: Classifier) -> list[nn.Module]:
+    """The pretrained backbone's blocks in order: MobileNetV2's 19 ``features``, a ResNet's stem + 4 stages."""
+    if model.arch == "mobilenet_v2":
+        return list(model.body[0])
+    if model.arch.startswith("resnet"):
+        net = model.body
+        return [nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool), net.layer1, net.layer2,
+                net.layer3, net.layer4]
+    raise ValueError(f"partial fine-tuning needs a MobileNetV2 or ResNet backbone, not {model.arch!r}; "
+                     "use frozen_blocks=0 (the whole network) for this architecture")
+
+
+def split_frozen_prefix(model: Classifier, frozen_blocks: int) -> tuple[nn.Module, nn.Module]:
+    """``(prefix, tail)`` with ``tail(prefix(x)) == model(x)``: the first ``frozen_blocks`` blocks and the rest.
+
+    Both share ``model``'s modules, so training ``tail`` trains ``model``.  The prefix
+    is the part a partial fine-tuning keeps frozen (in eval mode, BatchNorm statistics
+    included): its outputs can be computed once and reused every epoch.
+    """
+    blocks = backbone_blocks(model)
+    if not 0 < frozen_blocks < len(blocks):
+        raise ValueError(f"frozen_blocks must be between 1 and {len(blocks) - 1} for {model.arch} "
+                         f"({len(blocks)} blocks), got {frozen_blocks}")
+    prefix = nn.Sequential(model.normalize, *blocks[:frozen_blocks])
+    if model.arch == "mobilenet_v2":
+        pool = list(model.body[1:])
+    else:
+        pool = [model.body.avgpool, nn.Flatten()]
+    tail = nn.Sequential(*blocks[frozen_blocks:], *pool, model.dropout, model.head)
+    return prefix, tail

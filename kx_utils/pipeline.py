@@ -465,12 +465,12 @@ def _recipe_text(recipe) -> str:
 def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
     """Notebooks 04-06, with the sizes of the profile's Section 5 plan (``p.section5``)."""
     s5 = p.section5
-    budget, epochs = p.transfer_budget, p.surrogate_recipe.epochs
+    budget, epochs = s5.budget or p.transfer_budget, s5.epochs or p.surrogate_recipe.epochs
     extra = s5.extra_format_victims or ()
     t7_victims = len(s5.table7_victims or ()) or victims
     t7_sizes = s5.table7_batch_sizes or p.batch_sizes
-    f2 = (f"Figure 2: {', '.join(s5.figure2_victims)} with {s5.figure2_budget or budget:,} queries for "
-          f"{s5.figure2_epochs or epochs} epochs")
+    f2 = (f"Figure 2: {', '.join(s5.figure2_victims)} with {s5.figure2_budget or p.transfer_budget:,} queries for "
+          f"{s5.figure2_epochs or p.surrogate_recipe.epochs} epochs")
     control = " (and the same grid on ImageNet queries)" if s5.imagenet_control else ""
     grid = (f"a validation grid of batch sizes {', '.join(map(str, s5.grid_batch_sizes or p.batch_sizes))} "
             f"x {s5.grid_epochs or epochs} epochs{control}")
@@ -484,6 +484,11 @@ def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
         f"{p.validation_fraction:.0%} validation split",
         f"06_in_distribution: 5.2.2: Caltech attacked with {per_class} in-distribution images per class, {grid}",
     ]
+
+
+def seeds_note(profile: Profile) -> str:
+    from .seeds import seeds_note as note
+    return note(profile)
 
 
 def plan(profile: Profile) -> Plan:
@@ -512,7 +517,10 @@ def plan(profile: Profile) -> Plan:
     pool_name = f"{pool.standin} (stand-in for ImageNet)" if p.standins else pool.folder
     out.lines += [
         f"02_knockoff: {len(PRETRAINED_VICTIMS)} surrogates {p.surrogate_arch} (pretrained), "
-        f"{p.transfer_budget:,} queries each from {pool_name}, {_recipe_text(s)}",
+        f"{p.transfer_budget:,} queries each from {pool_name}, {_recipe_text(s)}; budget curves for "
+        f"{', '.join(p.section5.budget_curve_victims) or 'no victim'} at "
+        f"{', '.join(map(str, p.section5.budget_curve_budgets)) or '-'} queries",
+        f"  seeds: {seeds_note(p)}",
         f"03_detection: Table 3 on CUBS: {', '.join(p.detector_scratch_archs)} from scratch, with and "
         f"without ImageNet-overlapping classes ({_recipe_text(p.detector_recipe)}); "
         f"{', '.join(p.detector_cv_archs)} frozen + logistic regression ({p.cv_folds}-fold CV). "

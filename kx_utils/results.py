@@ -48,7 +48,9 @@ def environment() -> dict:
         "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
-        "torch_threads": torch.get_num_threads(),
+        # CPU results are bit-reproducible only for the same thread count and instruction set: the
+        # kernels (oneDNN, MKL) split reductions by thread and pick code paths by ISA
+        "torch_threads": torch.get_num_threads(), "cpu_isa": torch.backends.cpu.get_cpu_capability(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     return env

@@ -8,6 +8,7 @@ percentage points); :func:`is_rate` decides which columns hold them, by name.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Iterable, Mapping
 
 import pandas as pd
@@ -34,16 +35,25 @@ def _difference(ours, paper):
     return (ours - paper) if _num(paper) is not None and _num(ours) is not None else None
 
 
+def seed_sd(row: Mapping | None, column: str) -> float | None:
+    """The standard deviation of ``row[column + "_seeds"]`` (the per-seed values), when it has two or more."""
+    values = [v for v in ((row or {}).get(f"{column}_seeds") or []) if _num(v) is not None]
+    return statistics.stdev(values) if len(values) >= 2 else None
+
+
 def side_by_side(ours: Mapping[str, Mapping], paper: Mapping[str, Mapping], columns: Iterable[str],
                  names: Mapping[str, str] | None = None, rows: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per key, three columns per measure: ``(measure, "paper" | "ours" | "diff")``.
 
-    ``diff`` is ours minus the paper's, where both are numbers.  Keys missing on
+    ``diff`` is ours minus the paper's, where both are numbers.  A measure measured on
+    several seeds (``<measure>_seeds`` in a row of ours; ``ours`` is then their mean)
+    gets a fourth column, ``(measure, "sd")``, their standard deviation.  Keys missing on
     one side show as empty cells, so a stand-in row without a paper counterpart
     still appears.  Cells keep their Python values (counts stay integers).
     """
     columns = list(columns)
     keys = list(rows) if rows is not None else list(dict.fromkeys([*paper.keys(), *ours.keys()]))
+    seeded = {col for col in columns if any(seed_sd(ours.get(k), col) is not None for k in keys)}
     records, index = [], []
     for key in keys:
         p, o = paper.get(key) or {}, ours.get(key) or {}
@@ -52,6 +62,8 @@ def side_by_side(ours: Mapping[str, Mapping], paper: Mapping[str, Mapping], colu
             pv, ov = p.get(col), o.get(col)
             rec[(col, "paper")] = pv
             rec[(col, "ours")] = ov
+            if col in seeded:
+                rec[(col, "sd")] = seed_sd(o, col)
             rec[(col, "diff")] = _difference(ov, pv)
         records.append(rec)
         index.append((names or {}).get(key, key))
@@ -63,10 +75,10 @@ def side_by_side(ours: Mapping[str, Mapping], paper: Mapping[str, Mapping], colu
 def measure_table(ours: Mapping, paper: Mapping, measures: Iterable[str]) -> pd.DataFrame:
     """A single experiment's numbers, one row per measure: ``paper``, ``ours`` and ``diff``."""
     measures = list(measures)
-    records = [{"paper": paper.get(m), "ours": ours.get(m), "diff": _difference(ours.get(m), paper.get(m))}
-               for m in measures]
-    return pd.DataFrame(records, index=pd.Index(measures, name=MEASURE_INDEX), columns=["paper", "ours", "diff"],
-                        dtype=object)
+    records = [{"paper": paper.get(m), "ours": ours.get(m), "sd": seed_sd(ours, m),
+                "diff": _difference(ours.get(m), paper.get(m))} for m in measures]
+    columns = ["paper", "ours"] + (["sd"] if any(r["sd"] is not None for r in records) else []) + ["diff"]
+    return pd.DataFrame(records, index=pd.Index(measures, name=MEASURE_INDEX), columns=columns, dtype=object)
 
 
 def format_cell(column: str, value) -> str:
@@ -77,6 +89,13 @@ def format_cell(column: str, value) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
+
+
+def format_spread(column: str, value) -> str:
+    """A standard deviation over seeds: ± percentage points for rates."""
+    if _num(value) is None:
+        return ""
+    return f"±{100 * value:.1f} pp" if is_rate(column) else f"±{value:.2f}"
 
 
 def format_difference(column: str, value) -> str:
@@ -102,8 +121,8 @@ def formatted(frame: pd.DataFrame) -> pd.DataFrame:
         for i, idx in enumerate(frame.index):
             v = frame.iloc[i][col]
             m = str(idx) if by_row else str(measure)
-            out.iloc[i, frame.columns.get_loc(col)] = (format_difference(m, v) if source == "diff"
-                                                       else format_cell(m, v))
+            shown = {"diff": format_difference, "sd": format_spread}.get(source, format_cell)
+            out.iloc[i, frame.columns.get_loc(col)] = shown(m, v)
     return out
 
 

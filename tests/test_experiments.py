@@ -5,7 +5,7 @@ import torch
 
 from kx_utils.attack import KnockoffResult, knockoff
 from kx_utils.experiments import (Section5Plan, attack_formats, batch_size_rows, curve_entry,
-                                  early_stopping_row, figure1_data, flagged_share, format_row,
+                                  early_stopping_row, figure1_data, flagged_share, format_row, knockoff_row,
                                   in_distribution_budget, largest_gaps, section5_plan,
                                   select_by_validation, transfer_answers, validation_grid)
 
@@ -156,17 +156,73 @@ def test_attack_formats_reuses_the_label_surrogate_for_top1_only(tiny_profile, s
         attack_formats(tiny_profile, "cifar10", ("logits",), store=store)
 
 
-def test_batch_size_rows_reuse_the_default_surrogate(tiny_profile, store):
-    default = knockoff(tiny_profile, "cifar10", store=store)  # batch size 16: the profile's recipe
+def test_batch_size_rows_reuse_the_default_surrogate_and_run_each_seed(tiny_profile, store):
+    profile = tiny_profile.replace(surrogate_seeds=(0, 1),
+                                   section5=tiny_profile.section5.replace(single_seed=("table7_bs16",)))
+    default = knockoff(profile, "cifar10", store=store)  # batch size 16, seed 0: the profile's recipe
     seen = []
-    rows, results = batch_size_rows(tiny_profile, ["cifar10"], [16, 32], store=store,
-                                    on_result=lambda k, b, r: seen.append((k, b, r.from_cache)))
-    assert seen == [("cifar10", 16, True), ("cifar10", 32, False)]
+    rows, results = batch_size_rows(profile, ["cifar10"], [16, 32], store=store,
+                                    on_result=lambda k, b, r: seen.append((b, r.settings["seed"], r.from_cache)))
+    # batch size 16 is single-seed in this plan (and seed 0's run is the default surrogate); 32 runs both seeds
+    assert seen == [(16, 0, True), (32, 0, False), (32, 1, False)]
     row = rows["cifar10"]
-    assert row["bs16"] == default.final_accuracy and row["bs32"] == results["cifar10"][32].final_accuracy
-    assert results["cifar10"][32].batch_size == 32
+    assert row["bs16"] == default.final_accuracy and "bs16_seeds" not in row
+    accs = [r.final_accuracy for r in results["cifar10"][32]]
+    assert row["bs32"] == pytest.approx(sum(accs) / 2) and row["bs32_seeds"] == accs
+    assert all(r.batch_size == 32 for r in results["cifar10"][32])
     assert row["steps_per_epoch"] == {"bs16": math.ceil(60 / 16), "bs32": math.ceil(60 / 32)}
-    assert row["best_batch_size"] in (16, 32)
+    assert row["seeds_per_batch_size"] == {"bs16": 1, "bs32": 2}
+    assert row["best_batch_size"] == (16 if row["bs16"] >= row["bs32"] else 32)
+
+
+def test_seeded_rows_average_the_seeds_and_keep_each():
+    a = fake_result([0.4, 0.7, 0.6], val_accs=[0.3, 0.5, 0.55])
+    b = fake_result([0.2, 0.5, 0.5], val_accs=[0.4, 0.45, 0.5])
+    entry = curve_entry([a, b])
+    assert entry["test_acc_per_epoch"] == pytest.approx([0.3, 0.6, 0.55])
+    assert entry["test_acc_per_epoch_seeds"] == [[0.4, 0.7, 0.6], [0.2, 0.5, 0.5]]
+    assert (entry["best_epoch"], entry["final_acc"]) == (2, pytest.approx(0.55))
+    assert entry["val_acc_per_epoch"] == pytest.approx([0.35, 0.475, 0.525]) and entry["val_selected_epoch"] == [3, 3]
+    row = early_stopping_row([a, b])
+    assert row["final_acc"] == pytest.approx(0.55) and row["final_acc_seeds"] == [0.6, 0.5]
+    assert row["best_acc"] == pytest.approx(0.6) and row["best_acc_seeds"] == [0.7, 0.5]
+    assert row["val_selected_acc_seeds"] == [0.6, 0.5]
+    assert row["gain_captured"] == pytest.approx(0.0)  # validation stops at the last epoch for both seeds
+    knock = knockoff_row([a, b])
+    assert knock["surrogate_acc"] == pytest.approx(0.55) and knock["recovery_seeds"] == [0.6 / 0.8, 0.5 / 0.8]
+    assert knock["best_acc_seeds"] == [0.7, 0.5] and knock["best_epoch"] == [2, 2]
+    single = knockoff_row([a])
+    assert single["surrogate_acc"] == 0.6 and "surrogate_acc_seeds" not in single and single["best_epoch"] == 2
+    with pytest.raises(ValueError, match="different lengths"):
+        curve_entry([a, fake_result([0.5, 0.6])])
+
+
+def test_format_row_averages_each_format_over_the_seeds_that_ran_it():
+    from kx_utils.experiments import FormatOutcome
+
+    seed0 = {"probs": FormatOutcome(fake_result([0.6]), None), "label": FormatOutcome(fake_result([0.4]), None),
+             "top3": FormatOutcome(fake_result([0.5]), None)}
+    seed1 = {"probs": FormatOutcome(fake_result([0.8]), None), "label": FormatOutcome(fake_result([0.2]), None)}
+    row = format_row([seed0, seed1])
+    assert row["probs_acc"] == pytest.approx(0.7) and row["probs_acc_seeds"] == [0.6, 0.8]
+    assert row["label_recovery_seeds"] == [pytest.approx(0.5), pytest.approx(0.25)]
+    assert row["top3_acc"] == 0.5 and "top3_acc_seeds" not in row  # one seed ran it
+    assert row["rounded_acc"] is None
+
+
+def test_budget_curve_reuses_table2_runs_at_the_profiles_budget(tiny_profile, store):
+    from kx_utils.experiments import budget_curve, table2_attack
+
+    profile = tiny_profile.replace(surrogate_validation_fraction=0.25)
+    table2 = knockoff(profile, "cifar10", store=store, **table2_attack(profile))
+    seen = []
+    curve = budget_curve(profile, "cifar10", [20, 60], store=store,
+                         on_result=lambda k, b, r: seen.append((r.budget, r.from_cache)))
+    assert seen == [(20, False), (60, True)]
+    assert list(curve["points"]) == ["20", "60"]
+    assert curve["points"]["60"]["surrogate_acc"] == table2.final_accuracy
+    assert curve["points"]["20"]["recovery"] == pytest.approx(curve["points"]["20"]["surrogate_acc"]
+                                                              / curve["victim_acc"])
 
 
 def test_validation_grid_chooses_on_validation_and_reports_that_cells_test_accuracy(tiny_profile, store):

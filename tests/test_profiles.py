@@ -55,9 +55,12 @@ def test_every_profile_carries_its_own_section5_plan():
     # the paper runs everything at the profile's own sizes
     assert (paper.extra_format_victims, paper.table7_victims, paper.table7_batch_sizes, paper.figure2_budget,
             paper.figure2_epochs, paper.grid_epochs, paper.imagenet_control) == (None,) * 6 + (False,)
-    assert mini.table7_batch_sizes == (64, 128, 256) and (mini.figure2_budget, mini.figure2_epochs) == (1500, 12)
+    # mini: Figure 2 from Table 2's runs, Section 5 at its own (smaller) budget, seeds where claims need them
+    assert mini.table7_batch_sizes is None and (mini.figure2_budget, mini.figure2_epochs) == (None, None)
+    assert (mini.budget, mini.epochs) == (1000, 8) and "table7" not in mini.single_seed
     assert smoke.table7_victims == ("cifar10", "gtsrb_5l") and smoke.figure2_victims == mini.figure2_victims
-    assert {"extra_format_victims", "table7_batch_sizes", "figure2", "grid_epochs"} <= set(RATIONALE)
+    assert {"surrogate_epochs", "section5_budget", "table7", "single_seed", "figure2", "grid_epochs"} <= set(RATIONALE)
+    assert get_profile("mini").surrogate_seeds == (0, 1, 2) and get_profile("paper").surrogate_seeds == (0,)
 
 
 def test_a_profile_without_a_section5_plan_cannot_exist():
@@ -71,7 +74,7 @@ def test_a_profile_without_a_section5_plan_cannot_exist():
 def test_section5_overrides_merge_and_unknown_keys_are_errors():
     p = get_profile("mini", section5={"figure2_epochs": 6, "grid_batch_sizes": [32, 64]})
     assert p.section5.figure2_epochs == 6 and p.section5.grid_batch_sizes == (32, 64)
-    assert p.section5.figure2_budget == 1500  # untouched values kept
+    assert p.section5.budget == 1000  # untouched values kept
     with pytest.raises(ProfileError, match="valid Section 5 keys"):
         get_profile("mini", section5={"figure_epochs": 6})
 
@@ -87,3 +90,13 @@ def test_mini_is_the_paper_with_its_documented_changes():
     assert mini["scratch_recipe"] == {**paper["scratch_recipe"], "epochs": 10}
     assert mini["detector_recipe"] == {**paper["detector_recipe"], "epochs": 3}
     assert (mini["detector_arch"], mini["detector_ood_share"]) == (None, 0.5)
+
+
+def test_seeds_must_be_given_and_single_seed_names_known_experiments():
+    assert get_profile("mini", surrogate_seeds=[3, 4]).surrogate_seeds == (3, 4)
+    with pytest.raises(ProfileError, match="surrogate_seeds must be one or more integers"):
+        get_profile("mini", surrogate_seeds=[])
+    with pytest.raises(ProfileError, match="surrogate_seeds must be one or more integers"):
+        get_profile("mini", surrogate_seeds=[0, "1"])
+    with pytest.raises(ProfileError, match=r"unknown experiment\(s\) \['table7_bs61'\]"):
+        get_profile("mini", section5={"single_seed": ["table7_bs61"]})

@@ -109,7 +109,7 @@ def _curves_frame(data: Mapping):
     return pd.DataFrame.from_records(records, columns=["victim", "epoch", "accuracy", "seed"])
 
 
-def figure2(data: Mapping):
+def figure2(data: Mapping, title: str = "Figure 2 — surrogate accuracy over epochs (star: best epoch)"):
     """Surrogate test accuracy over the epochs per victim: the best epoch starred, the attacker's
     validation accuracy dashed and its validation-selected epoch circled where measured.
 
@@ -142,13 +142,13 @@ def figure2(data: Mapping):
             ax.annotate(f"epoch {best}: {best_acc:.1%}", (best, best_acc), textcoords="offset points",
                         xytext=(4, 6), fontsize=7)
             chosen = row.get("val_selected_epoch")
-            if chosen and 1 <= chosen <= len(accs):
+            if isinstance(chosen, int) and 1 <= chosen <= len(accs):
                 ax.plot([chosen], [accs[chosen - 1]], marker="o", markersize=10, markerfacecolor="none",
                         markeredgecolor="black", linestyle="none", zorder=3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.margins(y=0.12)
         ax.set(xlabel="epoch", ylabel="Acc(F_A) on the victim's test set")
-        ax.set_title("Figure 2 — surrogate accuracy over epochs (star: best epoch)", fontsize=9)
+        ax.set_title(title, fontsize=9)
     handles = [Line2D([], [], color=c, marker="o", markersize=4, label=n) for n, c in colours.items()]
     handles += [Line2D([], [], color="grey", label="test accuracy"),
                 Line2D([], [], color="grey", ls="--", label="attacker's validation accuracy"),
@@ -160,6 +160,42 @@ def figure2(data: Mapping):
         handles = [h for h in handles if h.get_label() not in ("attacker's validation accuracy",
                                                                 "validation-selected epoch")]
     fig.legend(handles=handles, fontsize=7, loc="outside right upper")
+    return fig
+
+
+def table2_curves(data: Mapping):
+    """Appendix: every Table 2 surrogate's test and validation accuracy over the epochs (convergence)."""
+    return figure2(data, "Table 2 surrogates — test (solid) and the attacker's validation (dashed) accuracy")
+
+
+def budget_curves(data: Mapping, paper_recovery: Mapping[str, float] | None = None, paper_budget: int = 100_000):
+    """Recovery Acc(F_A)/Acc(F_V) against the number of queries (log scale), mean and per-seed points per
+    victim; the paper's Table 2 recovery at its 100,000 queries is drawn as a hollow marker."""
+    import seaborn as sns
+    from matplotlib.ticker import FuncFormatter
+
+    fig = _new_figure(7.0, 4.0)
+    colours = dict(zip(list(data), sns.color_palette(PALETTE)))
+    with sns.axes_style(STYLE):
+        ax = fig.add_subplot()
+        for key, entry in data.items():
+            points = sorted(entry["points"].values(), key=lambda p: p["budget"])
+            budgets = [p["budget"] for p in points]
+            colour = colours[key]
+            ax.plot(budgets, [p["recovery"] for p in points], marker="o", color=colour, label=entry.get("name", key))
+            for p in points:
+                seeds = p.get("recovery_seeds") or []
+                ax.scatter([p["budget"]] * len(seeds), seeds, s=10, color=colour, alpha=0.5)
+            if paper_recovery and paper_recovery.get(key) is not None:
+                ax.scatter([paper_budget], [paper_recovery[key]], s=60, facecolors="none", edgecolors=colour,
+                           linewidths=1.5, zorder=3)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.axhline(1.0, color="black", lw=0.5)
+        ax.set(xlabel="queries (log scale)", ylabel="recovery Acc(F_A) / Acc(F_V)")
+        ax.set_title("Recovery against the query budget (hollow: the paper's Table 2 at 100,000 queries)",
+                     fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
     return fig
 
 

@@ -28,9 +28,16 @@ MINI_TARGET = "the project's target for a mini run: 90 minutes on a 2-core CPU"
 FIGURE_CAPTIONS = (
     ("figure1", "Figure 1 — the CIFAR10 victim: histogram of the transfer set's predicted classes (bars) and "
                 "per-class test accuracy of victim and surrogate; the classes with the largest gaps are in bold."),
-    ("figure2", "Figure 2 — Acc(F_A) over the training epochs against the Caltech, CIFAR10 and GTSRB-5L victims; "
-                "the star marks the best epoch, dashed lines the attacker's validation accuracy and circles the "
-                "epoch it would stop at."),
+    ("figure2", "Figure 2 — Acc(F_A) over the training epochs against the victims of the profile's plan (the "
+                "paper: Caltech, CIFAR10 and GTSRB); mean over seeds with a band of one sd, the star marks the best "
+                "epoch of the mean, dashed lines the attacker's validation accuracy and circles the epoch it would "
+                "stop at."),
+    ("budget_curves", "Budget curves (beyond the paper) — recovery against the number of queries, Table 2's "
+                      "recipe at each budget; small dots are single seeds, hollow markers the paper's Table 2 "
+                      "recovery at 100,000 queries."),
+    ("table2_curves", "Appendix — every Table 2 surrogate's accuracy over the epochs: test (solid, mean and sd "
+                      "over seeds) and the attacker's own validation accuracy on its held-out queries (dashed), "
+                      "to show where training flattens."),
 )
 
 
@@ -183,6 +190,31 @@ def wall_time_lines(results: Results) -> list[str]:
     return summary + [""] + lines
 
 
+def budget_text(settings: Mapping) -> str:
+    """The profile's query budgets: Table 2's, and Section 5's where its plan sets its own."""
+    s5 = settings.get("section5") or {}
+    text = f"{settings.get('transfer_budget')} queries"
+    if s5.get("budget") or s5.get("epochs"):
+        epochs = s5.get("epochs") or (settings.get("surrogate_recipe") or {}).get("epochs")
+        text += (f" (Table 2, Figure 2); {s5.get('budget') or settings.get('transfer_budget')} queries and "
+                 f"{epochs} epochs (Tables 5-7, 5.1.3)")
+    return text
+
+
+def seeds_line(settings: Mapping) -> str:
+    """Which results are means over seeds, and which single-seed (the profile's plan)."""
+    seeds = list(settings.get("surrogate_seeds") or [settings.get("seed", 0)])
+    single = list((settings.get("section5") or {}).get("single_seed") or [])
+    if len(seeds) < 2:
+        return f"**Seeds:** every surrogate result comes from one seed ({seeds[0]}); its noise is binomial."
+    text = (f"**Seeds:** every surrogate result is the mean over {len(seeds)} seeds ({', '.join(map(str, seeds))}; "
+            "each seed draws its own transfer set and initialisation, the victims stay fixed); `sd` columns give "
+            "their standard deviation, and the claims check judges on the spread over seeds.")
+    if single:
+        text += f" **Single-seed** (seed {seeds[0]} only, for time): {', '.join(single)}."
+    return text
+
+
 def standin_lines(settings: Mapping) -> list[str]:
     from ..data import DATASETS
     from ..models import SHORT_NAMES
@@ -210,7 +242,7 @@ def standin_lines(settings: Mapping) -> list[str]:
               f"{recipe(settings.get('scratch_recipe'))} |",
               f"| ResNet34 surrogate, 200 epochs, batch 64 | {arch(settings.get('surrogate_arch'))}, "
               f"{recipe(settings.get('surrogate_recipe'))} |",
-              f"| 100,000 ImageNet queries | {settings.get('transfer_budget')} queries |",
+              f"| 100,000 ImageNet queries | {budget_text(settings)} |",
               f"| detectors from scratch RN18, RN34 | {', '.join(settings.get('detector_scratch_archs') or [])}, "
               f"{recipe(settings.get('detector_recipe'))} |",
               f"| detectors RN18/34/101/152*CV (frozen + logistic regression) | "
@@ -239,7 +271,7 @@ def render_report(results: Results, tables: dict[str, pd.DataFrame], missing: di
           f"Generated {now} by `python -m kx_utils report --profile {profile}` from the notebooks' JSON "
           f"results in `{folder}/` (never from their printed output). Accuracies and rates are percentages; "
           "`diff` is ours minus the paper's (percentage points for rates).", "",
-          f"Profile `{profile}`: {settings.get('description', '')}", ""]
+          f"Profile `{profile}`: {settings.get('description', '')}", "", seeds_line(settings), ""]
     have = [nb for nb in NOTEBOOKS if nb in results.documents]
     md.append(f"Results present: {len(have)} of {len(NOTEBOOKS)} notebooks.")
     if results.missing_notebooks:

@@ -30,7 +30,8 @@ from ..results import CorruptResultsError, read_results, results_path
 # where each result lives: key -> notebook (looked up in its tables, figures and values)
 PRODUCER = {
     "table1": "01_victims", "victims": "01_victims",
-    "table2": "02_knockoff", "knockoff": "02_knockoff",
+    "table2": "02_knockoff", "knockoff": "02_knockoff", "table2_curves": "02_knockoff",
+    "budget_curves": "02_knockoff", "budget_curves_figure": "02_knockoff",
     "table3": "03_detection", "table4a": "03_detection", "table4b": "03_detection", "filter": "03_detection",
     "table5": "04_architecture_and_output", "table6": "04_architecture_and_output",
     "figure1": "04_architecture_and_output", "section_5_1_3": "04_architecture_and_output",

@@ -159,6 +159,7 @@ TABLE_SPECS = (
 )
 OURS_ONLY_TABLES = (
     ("victims", "Victims as trained (01_victims)"),
+    ("budget_curves", "Recovery against the query budget (02; beyond the paper)"),
     ("early_stopping", "Early stopping: last, test-selected and validation-selected epochs (05)"),
     ("filter", "The detector as a filter in front of the API (03)"),
 )

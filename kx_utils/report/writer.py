@@ -13,9 +13,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import paper
 from ..artifacts import REPO_ROOT, atomic_write_text
 from .claims import ClaimResult, check_claims
-from .figures import figure1, figure2, save_figure
+from .figures import budget_curves, figure1, figure2, save_figure, table2_curves
 from .markdown import render_report
 from .noise import FAILS, HOLDS, INCONCLUSIVE, NOT_EVALUATED
 from .results import MissingData, Results, load_all, victim_names
@@ -89,10 +90,13 @@ def _clean_leftovers(out: Path) -> None:
 def _draw_figures(results: Results, folder: Path) -> tuple[list[str], dict[str, str]]:
     files, figures = [], {}
     names = victim_names(results)
-    for key, draw in (("figure1", lambda d: figure1(d, names.get(d.get("victim"), d.get("name")))),
-                      ("figure2", figure2)):
+    paper_recovery = {k: r.get("recovery") for k, r in paper.TABLE2.items()}
+    for key, source, draw in (("figure1", "figure1", lambda d: figure1(d, names.get(d.get("victim"), d.get("name")))),
+                              ("figure2", "figure2", figure2), ("table2_curves", "knockoff", table2_curves),
+                              ("budget_curves", "budget_curves_figure",
+                               lambda d: budget_curves(d, paper_recovery))):
         try:
-            data = results.require(key)
+            data = results.require(source)
         except MissingData as exc:
             figures[key + "_missing"] = exc.describe().replace("not evaluated", "not produced")
             continue
