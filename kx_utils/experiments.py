@@ -80,8 +80,7 @@ def knockoff_row(results: Sequence[KnockoffResult]) -> dict:
     """A row of Table 2 / 5 from the runs of one victim, one per seed: means, with ``<column>_seeds``."""
     first = results[0]
     per_seed = [{"surrogate_acc": r.final_accuracy, "recovery": r.recovery, "best_acc": r.best_accuracy,
-                 "best_recovery": r.best_recovery, "val_selected_acc": r.val_selected_accuracy}
-                for r in results]
+                 "best_recovery": r.best_recovery} for r in results]
     row = {"name": first.victim_name, "victim_acc": first.victim_accuracy,
            **seeded_columns(per_seed, ["surrogate_acc", "recovery", "best_acc", "best_recovery"]),
            "best_epoch": [r.best_epoch for r in results] if len(results) > 1 else first.best_epoch,
@@ -161,9 +160,8 @@ def format_row(outcomes: Mapping[str, FormatOutcome] | Sequence[Mapping[str, For
     row = {"name": first.victim_name, "victim_acc": first.victim_accuracy}
     for name in columns:
         ran = [o[name] for o in per_seed if name in o]
-        row.update(seeded(f"{name}_acc", [o.result.final_accuracy for o in ran]) if ran else {f"{name}_acc": None})
-        row.update(seeded(f"{name}_recovery", [o.result.recovery for o in ran]) if ran
-                   else {f"{name}_recovery": None})
+        row.update(seeded(f"{name}_acc", [o.result.final_accuracy for o in ran]))
+        row.update(seeded(f"{name}_recovery", [o.result.recovery for o in ran]))
         if ran and ran[0].same_targets_as:
             row[f"{name}_same_targets_as"] = ran[0].same_targets_as
     return row

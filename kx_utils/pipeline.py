@@ -36,6 +36,7 @@ from typing import Callable, Iterable
 from .artifacts import REPO_ROOT, atomic_write_text, cache_root
 from .profiles import Profile, get_profile
 from .results import CorruptResultsError, read_results, results_path, runs_root
+from .seeds import seeds_note
 
 NOTEBOOKS = ("01_victims", "02_knockoff", "03_detection", "04_architecture_and_output",
              "05_hyperparameters", "06_in_distribution")
@@ -484,11 +485,6 @@ def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
         f"{p.validation_fraction:.0%} validation split",
         f"06_in_distribution: 5.2.2: Caltech attacked with {per_class} in-distribution images per class, {grid}",
     ]
-
-
-def seeds_note(profile: Profile) -> str:
-    from .seeds import seeds_note as note
-    return note(profile)
 
 
 def plan(profile: Profile) -> Plan:

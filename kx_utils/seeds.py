@@ -11,11 +11,9 @@ claims check into the noise of a comparison (:mod:`kx_utils.report.noise`).
 from __future__ import annotations
 
 import statistics
-from typing import Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Iterable, Mapping, Sequence
 
 from .profiles import SEEDED_EXPERIMENTS, Profile
-
-T = TypeVar("T")
 
 
 def seeds_for(profile: Profile, experiment: str) -> tuple[int, ...]:
@@ -26,14 +24,6 @@ def seeds_for(profile: Profile, experiment: str) -> tuple[int, ...]:
     return seeds[:1] if experiment in profile.section5.single_seed else seeds
 
 
-def over_seeds(seeds: Iterable[int], run: Callable[[int], T]) -> list[T]:
-    return [run(seed) for seed in seeds]
-
-
-def mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values)
-
-
 def seeded(column: str, values: Sequence[float | None]) -> dict:
     """``{column: mean}``, plus ``{column}_seeds`` when there are two or more values.
 
@@ -41,7 +31,7 @@ def seeded(column: str, values: Sequence[float | None]) -> dict:
     """
     if not values or any(v is None for v in values):
         return {column: None}
-    out = {column: mean(values)}
+    out = {column: statistics.fmean(values)}
     if len(values) >= 2:
         out[f"{column}_seeds"] = list(values)
     return out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from kx_utils import get_profile
@@ -62,3 +63,12 @@ def tiny_profile(tiny_data, tmp_path):
                        scratch_recipe={"epochs": 8, "batch_size": 16},
                        surrogate_recipe={"epochs": 2, "batch_size": 16, "lr": 0.01},
                        device=TEST_DEVICE, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread is as fast, and does not stall on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

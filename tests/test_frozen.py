@@ -11,13 +11,7 @@ from kx_utils.train import accuracy, fit
 
 # ---------------------------------------------------------------- split_frozen_prefix
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and does not stall on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 BLOCKS = {"mobilenet_v2": 19, "resnet18": 5}  # MobileNetV2's features; a ResNet's stem + 4 stages
