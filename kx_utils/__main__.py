@@ -5,6 +5,8 @@
     python -m kx_utils reproduce --profile paper --plan    # what is missing; trains nothing
     python -m kx_utils report --profile mini               # figures/mini/ from runs/mini/*.json
     python -m kx_utils plan --profile paper                # same as reproduce --plan
+    python -m kx_utils grid --profile mini --executor ray  # every artifact the notebooks need, in parallel
+    python -m kx_utils reproduce --profile mini --grid     # the grid first, then the notebooks (no training)
     python -m kx_utils artifacts                           # do artifact versions follow their code?
     python -m kx_utils artifacts --record                  # rewrite tests/artifact_sources.json
 
@@ -19,6 +21,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -157,9 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--overrides", metavar="JSON", default=None,
                      help='profile values to change, as JSON, e.g. \'{"transfer_budget": 3000}\'')
     rep.add_argument("--plan", action="store_true",
-                     help="check that datasets and weights are present and print what would be trained; "
-                          "trains nothing")
+                     help="check that datasets and weights are present, print what would be trained and the "
+                          "GPU-hours it needs; trains nothing")
+    _projection_arguments(rep)
     rep.add_argument("--no-report", action="store_true", help="do not regenerate figures/<profile>/ afterwards")
+    rep.add_argument("--grid", action="store_true",
+                     help="compute every artifact first with the experiment grid (see `grid`), then run the "
+                          "notebooks with training forbidden")
+    _grid_arguments(rep)
+
+    grid = sub.add_parser("grid", help="compute every artifact the notebooks need, in parallel with Ray",
+                          description="The experiment grid: every victim, transfer set, surrogate (every seed) "
+                                      "and detector the profile's notebooks need, as tasks with dependencies, "
+                                      "computed into the shared cache. A failed task is reported with its "
+                                      "settings and the rest go on; a rerun computes what is still missing.")
+    _profile_argument(grid)
+    grid.add_argument("--overrides", metavar="JSON", default=None, help="profile values to change, as JSON")
+    grid.add_argument("--only", nargs="+", metavar="NOTEBOOK",
+                      help="the tasks of these notebooks (and what they need) only")
+    grid.add_argument("--list", action="store_true", help="list the tasks and which are in the cache; compute nothing")
+    _grid_arguments(grid)
 
     report = sub.add_parser("report", help="regenerate figures/<profile>/ from runs/<profile>/*.json",
                             description="Regenerate tables (CSV, Markdown), figures (PNG, PDF) and report.md "
@@ -170,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="same as `reproduce --plan`")
     _profile_argument(plan)
     plan.add_argument("--overrides", metavar="JSON", default=None, help="profile values to change, as JSON")
+    _projection_arguments(plan)
 
     bench = sub.add_parser("bench", help="training and inference throughput of the profile's models, and the "
                                          "accuracy of each surrogate path",
@@ -197,6 +218,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _projection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bench", metavar="JSON", default=None,
+                        help="throughput measured by `bench --device cuda --json FILE` for the GPU-hours "
+                             "projection (default: stated FLOP-based defaults for an H200)")
+    parser.add_argument("--gpus", type=int, nargs="+", default=[1, 8], metavar="N",
+                        help="GPU counts of the projection (default: 1 8)")
+
+
+def _grid_arguments(parser: argparse.ArgumentParser) -> None:
+    from .executors import EXECUTORS
+    parser.add_argument("--executor", choices=EXECUTORS, default="serial",
+                        help="serial: one task at a time here; ray: in parallel on Ray (default: serial)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parallel tasks with ray (default: one per GPU, else one per core)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per task")
+    parser.add_argument("--address", default=None,
+                        help="an existing Ray cluster (e.g. ray://head:10001); default: a local one. The cache "
+                             "($KX_CACHE) and data ($KX_DATA) must be on a filesystem every worker sees")
+
+
+def _run_grid(profile_name: str, overrides: dict, args, only=None) -> bool:
+    """The grid for ``profile_name``; its report printed and saved in runs/<profile>/grid.json."""
+    from .artifacts import atomic_write_text
+    from .executors import make_executor, run_grid, shareable
+    from .grid import grid_tasks, missing_tasks
+    from .pipeline import run_dir, select_notebooks
+
+    profile = shareable(get_profile(profile_name, **overrides))
+    tasks = grid_tasks(profile, tuple(select_notebooks(only)) if only else None)
+    todo = missing_tasks(tasks, profile)
+    print(f"kx grid: profile {profile.name}, {len(tasks)} tasks, {len(tasks) - len(todo)} already in the cache")
+    executor = make_executor(args.executor, profile, args.workers, args.threads, args.address)
+    report = run_grid(todo, executor)
+    print(report.text())
+    atomic_write_text(run_dir(profile.name) / "grid.json", json.dumps(report.as_dict(), indent=1) + "\n")
+    return report.ok
+
+
+def _grid_list(profile_name: str, overrides: dict, only=None) -> int:
+    from .executors import shareable
+    from .grid import grid_tasks, missing_tasks
+    from .pipeline import select_notebooks
+
+    profile = shareable(get_profile(profile_name, **overrides))
+    tasks = grid_tasks(profile, tuple(select_notebooks(only)) if only else None)
+    todo = {t.name for t in missing_tasks(tasks, profile)}
+    for t in tasks:
+        state = "to compute" if t.name in todo else "in cache  "
+        print(f"{state}  {t.name:45s} {t.notebook:28s} after {', '.join(t.after) or '-'}")
+    print(f"{len(tasks)} tasks, {len(tasks) - len(todo)} in the cache (composite tasks always run: they load "
+          "what is cached)")
+    return EXIT_OK
+
+
 def _overrides(text: str | None) -> dict:
     if not text:
         return {}
@@ -210,11 +285,23 @@ def _overrides(text: str | None) -> dict:
     return value
 
 
-def _plan(profile_name: str, overrides: dict) -> int:
+def _plan(profile_name: str, overrides: dict, bench: str | None = None, gpus=(1, 8)) -> int:
     from .pipeline import plan
+    from .projection import Throughput, load_bench, project
 
-    result = plan(get_profile(profile_name, **overrides))
+    profile = get_profile(profile_name, **overrides)
+    result = plan(profile)
     print(result.text())
+    try:
+        throughput = Throughput(load_bench(bench) if bench else None)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if any(n < 1 for n in gpus):
+        print(f"error: --gpus takes positive counts, got {gpus}", file=sys.stderr)
+        return EXIT_USAGE
+    print()
+    print(project(profile, throughput, tuple(gpus)).text())
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -296,12 +383,27 @@ def main(argv: list[str] | None = None) -> int:
         overrides = _overrides(getattr(args, "overrides", None))
         get_profile(args.profile, **overrides)
         if args.command == "plan" or (args.command == "reproduce" and args.plan):
-            return _plan(args.profile, overrides)
+            return _plan(args.profile, overrides, args.bench, args.gpus)
         if args.command == "report":
             return _report(args.profile, args.out)
+        if args.command == "grid" and args.list:
+            return _grid_list(args.profile, overrides, args.only)
         if not _data_present(args.profile, overrides, partial=bool(args.only)):
             return EXIT_FAILED
         _terminate_as_interrupt()
+        if args.command == "grid":
+            try:
+                return EXIT_OK if _run_grid(args.profile, overrides, args, args.only) else EXIT_FAILED
+            except KeyboardInterrupt:
+                print("\nkx grid interrupted: rerun the same command to compute what is still missing",
+                      file=sys.stderr)
+                return 130
+        if args.grid:
+            if not _run_grid(args.profile, overrides, args, args.only):
+                print("kx reproduce: the grid had failures (above); the notebooks were not run", file=sys.stderr)
+                return EXIT_FAILED
+            from .train import NO_TRAINING_ENV
+            os.environ[NO_TRAINING_ENV] = "1"  # the notebooks load what the grid made, or say what it missed
         try:
             reproduce(args.profile, only=args.only, force=args.force, overrides=overrides)
         except NotebookFailed as exc:

@@ -11,6 +11,7 @@ evaluation on the given sets, recorded in the returned history; with a
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Mapping
@@ -23,6 +24,15 @@ from .artifacts import atomic_save
 from .data import to_float
 from .models import split_frozen_prefix
 from .profiles import Recipe
+
+
+# Set (to anything) to make every training run an error: `reproduce --grid` runs the notebooks this
+# way after the experiment grid, so a notebook that would train what the grid did not make says so.
+NO_TRAINING_ENV = "KX_NO_TRAINING"
+
+
+class TrainingForbiddenError(RuntimeError):
+    pass
 
 
 def pick_device(preference: str | torch.device = "auto") -> torch.device:
@@ -137,6 +147,11 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     pretrained BatchNorm statistics (re-estimating them on the transfer set measured
     worse: Caltech 50.4% against 52.3% with blocks 14+ trained).
     """
+    if os.environ.get(NO_TRAINING_ENV):
+        raise TrainingForbiddenError(
+            f"{desc}: training is forbidden here ({NO_TRAINING_ENV} is set) because the experiment grid should "
+            "have made this model; the grid's tasks (kx_utils.grid) no longer mirror the notebook's calls. "
+            f"Unset {NO_TRAINING_ENV} to train it in the notebook")
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     if len(images) == 0:
