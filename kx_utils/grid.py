@@ -16,6 +16,7 @@ smoke grid, then every notebook with training forbidden (:data:`kx_utils.train.N
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class Task:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     after: tuple[str, ...] = ()
+    also_for: tuple[str, ...] = ()  # later notebooks that use the same artifact (made once, by this task)
 
     def resolve(self) -> Callable:
         module, _, attr = self.function.partition(":")
@@ -70,7 +72,8 @@ class Task:
         return None
 
     def describe(self) -> dict:
-        return {"name": self.name, "notebook": self.notebook, "function": self.function,
+        return {"name": self.name, "notebook": self.notebook, "also_for": list(self.also_for),
+                "function": self.function,
                 "args": list(self.args), "kwargs": _plain(self.kwargs), "after": list(self.after)}
 
 
@@ -156,7 +159,11 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
         artifact = task.artifact(P)
         digest = settings_key(artifact[1]) if artifact else name
         if digest in made_by:
-            return made_by[digest]
+            first = made_by[digest]
+            i = next(i for i, t in enumerate(tasks) if t.name == first)
+            if task.notebook not in (tasks[i].notebook, *tasks[i].also_for):
+                tasks[i] = dataclasses.replace(tasks[i], also_for=tasks[i].also_for + (task.notebook,))
+            return first
         tasks.append(task)
         made_by[digest] = name
         return name
@@ -230,7 +237,7 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
 
 def _needed_by(tasks: list[Task], notebooks: tuple[str, ...]) -> list[Task]:
     by_name = {t.name: t for t in tasks}
-    keep = {t.name for t in tasks if t.notebook in notebooks}
+    keep = {t.name for t in tasks if {t.notebook, *t.also_for} & set(notebooks)}
     stack = list(keep)
     while stack:
         for dep in by_name[stack.pop()].after:

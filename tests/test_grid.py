@@ -49,6 +49,10 @@ def test_grid_for_some_notebooks_keeps_what_they_need():
     names = {t.name for t in tasks}
     assert {"victim/caltech", "detection/table4/caltech", "detection/cv_arch"} <= names
     assert not any(n.startswith("surrogate/table2/") for n in names)
+    # mini's Figure 2 is Table 2's runs: notebook 05 alone still gets them, made by 02's tasks
+    names = {t.name for t in grid_tasks(get_profile("mini"), ("05_hyperparameters",))}
+    assert {"surrogate/table2/caltech/seed0", "surrogate/table5/gtsrb/seed0"} <= names
+    assert not any(n.startswith("detection/") for n in names)
 
 
 def _module(tmp_path, monkeypatch, body: str) -> str:
