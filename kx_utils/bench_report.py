@@ -19,11 +19,19 @@ import torch
 
 from .bench import BenchRun, Timing
 from .flops import TRAIN_STEP_FORWARDS, peak_fraction
-from .profiles import Profile
+from .profiles import PROFILE_KEYS, PROFILES, Profile
 
 
 def machine_line(name: str) -> str:
     return f"{name}, torch {torch.__version__}"
+
+
+def changed_keys(profile: Profile) -> list[str]:
+    """The keys in which ``profile`` differs from the registered profile of its name."""
+    registered = PROFILES.get(profile.name)
+    if registered is None:
+        return []
+    return [key for key in PROFILE_KEYS if getattr(profile, key) != getattr(registered, key)]
 
 
 def _peak_cell(t: Timing, peak: float | None) -> str:
@@ -56,11 +64,12 @@ def markdown(profile: Profile, device: torch.device, timings: list[Timing], accu
              name: str = "", peak_tflops: float | None = None, peak_source: str = "") -> str:
     """The report; a "% of peak" column on a GPU (or wherever a peak is given), GFLOP/img everywhere."""
     name = name or device.type
-    flag = " --device cuda" if device.type == "cuda" else ""
+    command = f"python -m kx_utils bench --profile {profile.name}" + (" --device cuda" if device.type == "cuda" else "")
+    changed = changed_keys(profile)
+    overrides = f" with --overrides of {', '.join(changed)}" if changed else ""
     lines = [f"# kx benchmark: profile `{profile.name}` on {device.type}", "",
-             f"Machine: {machine_line(name)}. Produced by `python -m kx_utils bench --profile {profile.name}"
-             f"{flag}`; every number below comes from that one run "
-             "(ratios against today's path measured minutes apart in the same process).", "",
+             f"Machine: {machine_line(name)}. Produced by `{command}`{overrides}; every number below comes "
+             "from that one run (ratios against today's path measured minutes apart in the same process).", "",
              "GFLOP/img: torch's FlopCounterMode on one forward pass (convolutions and matrix products, "
              f"2 FLOPs per multiply-add); a training step counts as {TRAIN_STEP_FORWARDS} forward passes.", ""]
     with_peak = device.type == "cuda" or peak_tflops is not None

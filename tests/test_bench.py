@@ -223,6 +223,9 @@ def test_bench_json_round_trip_on_a_tiny_profile(tmp_path, capsys):
     # the Markdown holds the same rows
     text = (tmp_path / "bench.md").read_text()
     assert text in capsys.readouterr().out
+    assert "Produced by `python -m kx_utils bench --profile smoke` with --overrides of backbone, surrogate_arch, " \
+           "detector_scratch_archs, detector_cv_archs, image_size, scratch_image_size, scratch_recipe, " \
+           "surrogate_recipe;" in text
     assert len([line for line in text.splitlines() if line.startswith("| gtsrb_5l ")]) == \
         len([r for r in doc["timings"] if r["model"] == "gtsrb_5l"])
 
