@@ -1,6 +1,7 @@
 # kx — one command to set up and run, one to set up and test.
 #   make mini   set everything up, then regenerate figures/mini from $KX_DATA (the offline default)
 #   make test   set everything up, then run the unit tests and the notebooks on the smoke profile
+#   make -k test-gpu bench-gpu   on a CUDA machine: the GPU tests, then the GPU benchmark
 PYTHON ?= python3
 VENV ?= .venv
 KX_DATA ?= $(abspath ../shared/datasets)
@@ -8,7 +9,7 @@ export KX_DATA
 
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-quick test-gpu mini paper-plan clean-runs
+.PHONY: setup test test-quick test-gpu bench-gpu mini paper-plan clean-runs
 
 $(BIN)/.kx-installed: requirements.txt requirements-weights.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,14 @@ test-gpu: setup
 	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a CUDA GPU: torch.cuda.is_available() is False')"
 	KX_TEST_DEVICE=cuda KX_PROFILE=smoke $(BIN)/python -m pytest tests notebooks/01_victims.ipynb \
 		notebooks/02_knockoff.ipynb notebooks/03_detection.ipynb --nbval-lax -p no:cacheprovider
+
+# on a CUDA machine: training and inference throughput of the paper profile's models at 224 px (random
+# weights and images: no data needed), printed and kept as $(BENCH_GPU).md and $(BENCH_GPU).json
+BENCH_GPU ?= runs/bench/cuda-paper
+bench-gpu: setup
+	mkdir -p $(dir $(BENCH_GPU))
+	$(BIN)/python -m kx_utils bench --device cuda --profile paper --no-accuracy \
+		--out $(BENCH_GPU).md --json $(BENCH_GPU).json
 
 mini: setup
 	$(BIN)/python -m kx_utils reproduce --profile mini

@@ -199,13 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
                                        "batch sizes, partial fine-tuning from cached activations), in one run, "
                                        "and train one reference surrogate per surrogate path.")
     _profile_argument(bench)
-    bench.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    bench.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                       help="cpu, cuda or auto (default: cpu)")
+    bench.add_argument("--overrides", metavar="JSON", default=None,
+                       help='profile values to change, as JSON, e.g. \'{"cuda_eval_batch_size": 2048}\'')
     bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
+    bench.add_argument("--peak-tflops", type=float, default=None, metavar="TFLOPS",
+                       help="the device's dense bf16 peak in TFLOP/s, for the %% of peak column (default: "
+                            "kx_utils.flops' table by GPU name; unknown GPUs and CPUs have none)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile candidates")
     bench.add_argument("--no-accuracy", action="store_true", help="skip the reference surrogates")
     bench.add_argument("--accuracy-epochs", type=int, default=None,
                        help="epochs of the reference surrogates (default: the profile's surrogate epochs)")
     bench.add_argument("--out", metavar="FILE", default=None, help="also write the Markdown to FILE")
+    bench.add_argument("--json", metavar="FILE", default=None,
+                       help="also write the timings as JSON to FILE (schema: kx_utils/bench_report.py)")
 
     arts = sub.add_parser("artifacts", help="check (or --record) the versions of the artifact kinds against "
                                             "their source",
@@ -355,19 +363,32 @@ def _report(profile_name: str, out=None) -> int:
 def _bench(args) -> int:
     from .artifacts import atomic_write_text
     from .bench import run_bench
+    from .bench_report import document, run_markdown
+    from .devices import CudaUnavailableError
 
     try:
-        profile = get_profile(args.profile)
+        profile = get_profile(args.profile, **_overrides(args.overrides))
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        print(f"error: --peak-tflops must be a positive number of TFLOP/s, got {args.peak_tflops}", file=sys.stderr)
+        return EXIT_USAGE
     frozen = tuple(sorted({0, 4, 7, 14, profile.surrogate_frozen_blocks}))
-    text = run_bench(profile, args.device, args.seconds, compile_model=not args.no_compile,
-                     accuracy_victims=() if args.no_accuracy else ("caltech", "gtsrb"), frozen=frozen,
-                     accuracy_epochs=args.accuracy_epochs, progress=lambda m: print(m, file=sys.stderr))
+    try:
+        run = run_bench(profile, args.device, args.seconds, compile_model=not args.no_compile,
+                        accuracy_victims=() if args.no_accuracy else ("caltech", "gtsrb"), frozen=frozen,
+                        accuracy_epochs=args.accuracy_epochs, peak_tflops=args.peak_tflops,
+                        progress=lambda m: print(m, file=sys.stderr))
+    except CudaUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    text = run_markdown(run)
     print(text)
     if args.out:
         atomic_write_text(Path(args.out), text + "\n")
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(document(run), indent=1) + "\n")
     return EXIT_OK
 
 

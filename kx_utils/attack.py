@@ -17,6 +17,7 @@ import torch
 from .api import PredictionAPI, answered_rows, answers_to_targets, api_description
 from .artifacts import ArtifactStore, artifact_kind
 from .data import ImageSet, dataset_info, resize_images
+from .devices import evaluation_batch_size
 from .models import build_model
 from .profiles import Profile, Recipe
 from .train import best_epoch, fit, per_class_accuracy, pick_device, predict_logits
@@ -169,7 +170,7 @@ def answer_transfer_set(profile: Profile, victim: Victim, *, mode: str = "probs"
     elif budget is None:
         budget = profile.transfer_budget
     api = PredictionAPI(victim.model, mode=mode, k=k, decimals=decimals, detector=detector,
-                        detector_action=detector_action, batch_size=profile.eval_batch_size,
+                        detector_action=detector_action, batch_size=evaluation_batch_size(profile),
                         device=profile.device)
     api_desc = api.describe()
     if detector is not None:
@@ -312,9 +313,9 @@ def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, an
                   device=pick_device(profile.device),
                   checkpoint=store.scratch_path(SURROGATE, settings, "ckpt"),
                   progress=profile.progress, desc=f"surrogate of {victim.name}",
-                  eval_batch_size=profile.eval_batch_size, frozen_blocks=profile.surrogate_frozen_blocks,
-                  evaluate_every_epoch=test_curve)
-    pred = predict_logits(model, test.images, profile.eval_batch_size, pick_device(profile.device)).argmax(1)
+                  eval_batch_size=evaluation_batch_size(profile), frozen_blocks=profile.surrogate_frozen_blocks,
+                  evaluate_every_epoch=test_curve, compile_model=profile.compile_models)
+    pred = predict_logits(model, test.images, evaluation_batch_size(profile), pick_device(profile.device)).argmax(1)
     return {"history": history, "per_class_accuracy": per_class_accuracy(pred, test.labels, targets.shape[1]),
             "train_seconds": sum(r["train_seconds"] for r in history) or time.perf_counter() - t0,
             "train_size": len(images)}

@@ -193,7 +193,15 @@ class Profile:
     surrogate_validation_fraction: float = 0.0
     # run
     seed: int = 0
-    eval_batch_size: int = 256
+    eval_batch_size: int = 256  # evaluation batch on the CPU
+    # evaluation batch on a CUDA GPU, where a 224 px ResNet34 answers 256 images in a few milliseconds and
+    # bigger batches keep the GPU busy (`python -m kx_utils bench --device cuda` times 256 to 4,096)
+    cuda_eval_batch_size: int = 1024
+    # torch.compile the network that fit() trains.  Off by default: compiling costs tens of seconds per
+    # architecture and input shape on the first steps of every fit (dozens of surrogates), it measured no
+    # faster on the development CPU (figures/mini/bench.md, 1.02x), and on a GPU its gain is what
+    # `bench --device cuda` measures (its "compile" rows): turn it on where those rows show it pays.
+    compile_models: bool = False
     data_root: str | None = None  # None: $KX_DATA
     cache_root: str | None = None  # None: $KX_CACHE or <repo>/.kx_cache
     device: str = "auto"
@@ -208,6 +216,10 @@ class Profile:
                                                for s in self.surrogate_seeds):
             raise ProfileError(f"profile {self.name!r}: surrogate_seeds must be one or more integers, "
                                f"got {self.surrogate_seeds!r}")
+        for key in ("eval_batch_size", "cuda_eval_batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ProfileError(f"profile {self.name!r}: {key} must be a positive integer, got {value!r}")
         unknown = sorted(set(self.section5.single_seed) - set(SEEDED_EXPERIMENTS))
         if unknown:
             raise ProfileError(f"profile {self.name!r}: unknown experiment(s) {unknown} in section5.single_seed; "

@@ -23,13 +23,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .flops import peak_bf16_tflops, training_flops
 from .grid import Task, grid_tasks
 from .profiles import Profile
 
-H200_PEAK_BF16_TFLOPS = 989.0  # dense, the H100/H200 SXM datasheet figure
+H200_PEAK_BF16_TFLOPS = peak_bf16_tflops("H200")  # dense, the H100/H200 SXM datasheet figure
 # NVIDIA's ResNet-50 AMP reference reaches about 12% of an A100's peak (issue 12's anchor)
 DEFAULT_PEAK_FRACTION = 0.12
-TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (twice the forward's work)
 # FLOPs say nothing of a tiny network's per-step overheads: no stated default goes past airbench's
 # order of magnitude (a small CIFAR-10 network trains at roughly 150,000 images/s on an A100)
 STATED_CEILING_IMAGES_PER_S = 150_000.0
@@ -164,16 +164,11 @@ def detection_work(profile: Profile, fn: str, args: tuple) -> list[Work]:
 # ---------------------------------------------------------------- throughput
 
 
-def forward_flops(arch: str, size: int, classes: int = 1000) -> float:
-    """FLOPs of one image's forward pass (``torch.utils.flop_counter``; a multiply-add is 2 FLOPs)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
+def model_forward_flops(arch: str, size: int, classes: int = 1000) -> float:
+    """FLOPs of one image's forward pass through ``arch`` at ``size`` px (:func:`kx_utils.flops.forward_flops`)."""
+    from .flops import forward_flops
     from .models import build_model
-    model = build_model(arch, classes, pretrained=False).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, size, size))
-    return float(counter.get_total_flops())
+    return forward_flops(build_model(arch, classes, pretrained=False), (3, size, size))
 
 
 class Throughput:
@@ -198,8 +193,8 @@ class Throughput:
                 self.used[key] = (self.measured[key], f"measured on {self.device}")
             else:
                 if (arch, size) not in self._flops:
-                    self._flops[(arch, size)] = forward_flops(arch, size)
-                per_image = self._flops[(arch, size)] * (TRAIN_FLOPS_PER_FORWARD if section == "train" else 1)
+                    self._flops[(arch, size)] = model_forward_flops(arch, size)
+                per_image = training_flops(self._flops[(arch, size)]) if section == "train" else self._flops[(arch, size)]
                 rate = self.fraction * self.peak / per_image
                 how = (f"stated: {self._flops[(arch, size)] / 1e9:.2f} GFLOP/image forward at "
                        f"{self.fraction:.0%} of {self.peak / 1e12:.0f} TFLOP/s")

@@ -14,6 +14,7 @@ import torch
 
 from .artifacts import ArtifactStore, artifact_kind
 from .data import ImageSet, dataset_info, load_split
+from .devices import evaluation_batch_size
 from .models import SHORT_NAMES, Classifier, build_model
 from .profiles import VICTIM_KEYS, Profile, Recipe
 from .train import fit, per_class_accuracy, pick_device, predict_logits
@@ -158,9 +159,10 @@ def _train_victim(profile: Profile, key: str, settings: dict, store: ArtifactSto
     history = fit(model, train.images, train.labels, recipe, eval_sets={"test": (test.images, test.labels)},
                   seed=profile.seed, device=pick_device(profile.device),
                   checkpoint=store.scratch_path(VICTIM, settings, "ckpt"), progress=profile.progress,
-                  desc=victim_name(profile, key), eval_batch_size=profile.eval_batch_size)
+                  desc=victim_name(profile, key), eval_batch_size=evaluation_batch_size(profile),
+                  compile_model=profile.compile_models)
     seconds = time.perf_counter() - t0
-    pred = predict_logits(model, test.images, profile.eval_batch_size, pick_device(profile.device)).argmax(1)
+    pred = predict_logits(model, test.images, evaluation_batch_size(profile), pick_device(profile.device)).argmax(1)
     return {
         "state_dict": model.state_dict(),
         "classes": list(train.classes),
