@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .artifacts import atomic_save
+from .artifacts import atomic_save, load_verified
 from .data import to_float
 from .models import split_frozen_prefix
-from .profiles import Recipe
+from .profiles import AUGMENTATIONS, Recipe
 
 
 def pick_device(preference: str | torch.device = "auto") -> torch.device:
@@ -45,9 +45,6 @@ def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
     if recipe.warmup_fraction > 0 and progress < recipe.warmup_fraction:
         lr *= (step + 1) / max(1.0, recipe.warmup_fraction * total_steps)
     return lr
-
-
-AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
 
 
 def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
@@ -162,8 +159,8 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     start_epoch = 0
 
     checkpoint = Path(checkpoint) if checkpoint else None
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_verified(checkpoint, "training checkpoint") if checkpoint is not None else None
+    if state is not None:  # None too for a checkpoint that failed verification: then from epoch 0
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
