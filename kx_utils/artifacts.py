@@ -33,7 +33,11 @@ something is the version of the artifact's kind.
 * A change that cannot alter the stored artifacts (a comment, a message, a
   refactoring that computes the same values) keeps the version.
 * :data:`ARTIFACT_VERSION` is the store's own version: bump it only when the key
-  scheme or the file format changes, which invalidates every kind at once.
+  scheme or the file format changes, which invalidates every kind at once.  A new
+  file format that the reader tells apart from the old one needs no bump: the
+  checksum header of :mod:`kx_utils.integrity` came without one, and files written
+  before it are rejected by their first bytes (with one warning per cache) and
+  recomputed, rather than left behind unreachable.
 
 ``tests/test_artifacts.py`` enforces the rule for the owners' own source:
 ``tests/artifact_sources.json`` records each kind's version and the sha256 of the
@@ -220,7 +224,7 @@ def load_verified(path: str | os.PathLike, what: str) -> Any | None:
             os.replace(path, aside)
             where = f"moved aside to {aside.name}"
         else:
-            where = "already replaced by another writer"
+            where = "already set aside or replaced by another process"
         warnings.warn(f"{what} {path} failed verification ({exc.reason}); {where}; it is recomputed",
                       ArtifactWarning, stacklevel=2)
         return None

@@ -181,6 +181,10 @@ def test_every_torch_load_in_the_package_is_weights_only_and_nothing_unpickles()
                 assert not (owner in ("pickle", "dill", "joblib") and node.func.attr in ("load", "loads")), \
                     f"{source.name}:{node.lineno}: {owner}.{node.func.attr} unpickles arbitrary code"
     assert len(loads) == 2  # integrity.load (every artifact and checkpoint) and models (pretrained weights)
+    for notebook in sorted((PACKAGE.parent / "notebooks").glob("*.ipynb")):
+        cells = json.loads(notebook.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        assert "torch.load" not in code and "pickle" not in code, f"{notebook.name} reads files itself"
 
 
 def test_concurrent_writers_of_one_key_never_expose_a_partial_file(store):
