@@ -38,9 +38,9 @@ def conforms(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(conforms(value, h) for h in typing.get_args(hint))
-    if origin is tuple:
+    if origin is tuple:  # a JSON list arrives as a list; the profiles' own values are tuples
         args = typing.get_args(hint)
-        return isinstance(value, tuple) and all(conforms(v, args[0]) for v in value)
+        return isinstance(value, (tuple, list)) and all(conforms(v, args[0]) for v in value)
     if origin is dict or hint is dict:
         return isinstance(value, dict)
     if hint is type(None):
@@ -86,7 +86,7 @@ def field_problems(instance: Any, prefix: str = "", may_be_zero: tuple[str, ...]
     for f in dataclasses.fields(instance):
         value, hint, key = getattr(instance, f.name), hints[f.name], f"{prefix}{f.name}"
         if not conforms(value, hint):
-            shown = value if isinstance(value, (tuple, list)) else f"{value!r} ({type(value).__name__})"
+            shown = list(value) if isinstance(value, (tuple, list)) else f"{value!r} ({type(value).__name__})"
             problems.append(f"{key} must be {describe(hint)}, got {shown}")
             continue
         counts = not (conforms(0.5, hint) or conforms((0.5,), hint))  # an int field: a count or a size

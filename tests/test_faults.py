@@ -22,13 +22,15 @@ from PIL import Image
 from kx_utils import __main__ as cli
 from kx_utils import get_profile, integrity
 from kx_utils import pipeline as pl
-from kx_utils.artifacts import ArtifactStore, DiskFullError
+from kx_utils.artifacts import DiskFullError, artifact_kind
 from kx_utils.attack import BudgetError, sample_transfer_set
 from kx_utils.data import CorruptImageError, DataLayoutError, DatasetNotFoundError, load_split
 from kx_utils.pipeline import RunInProgress, reproduce
 from kx_utils.victims import get_victim
-from tests.conftest import REPO, write_image_folder
+from tests.conftest import REPO
 from tests.test_pipeline import FakeExecute, write_notebook
+
+DISK_PROBE = artifact_kind("disk_probe", 1)  # the kind the full-disk test writes
 
 # ---------------------------------------------------------------- bad inputs: data
 
@@ -129,8 +131,9 @@ def test_kx_data_unset_or_a_file_is_an_error_saying_how_to_set_it(tmp_path, monk
      "victim_overrides['gtsrb']: lr must be a number, got 'fast' (str)"),
     (["--overrides", '{"validation_fraction": 1.5}'], "validation_fraction is a fraction, from 0 to 1, got 1.5"),
     (["--overrides", '{"section5": {"epochs": 0}}'], "section5: epochs must be 1 or more, got 0"),
+    (["--overrides", '{"batch_sizes": [64, "a"]}'], "batch_sizes must be a list of integers, got [64, 'a']"),
 ], ids=["unknown notebook", "malformed JSON", "not an object", "wrong type", "negative epochs",
-        "victim recipe type", "fraction out of range", "zero epochs"])
+        "victim recipe type", "fraction out of range", "zero epochs", "list item type"])
 def test_bad_command_lines_exit_2_naming_the_problem(argv, message, tmp_path, monkeypatch, capsys, fault_ledger):
     monkeypatch.setenv("KX_RUNS", str(tmp_path / "runs"))
     assert cli.main(["reproduce", "--profile", "smoke", *argv]) == 2
@@ -155,8 +158,6 @@ def _no_space(*args, **kwargs):
 
 
 def test_a_full_disk_while_writing_an_artifact_leaves_nothing_and_says_so(store, monkeypatch, fault_ledger):
-    from kx_utils.artifacts import artifact_kind
-    artifact_kind("disk_probe", 1)
     real_save = torch.save
 
     def half_then_full(obj, f):
@@ -169,13 +170,13 @@ def test_a_full_disk_while_writing_an_artifact_leaves_nothing_and_says_so(store,
     monkeypatch.setattr(torch, "save", half_then_full)
     with pytest.raises(DiskFullError, match=r"no space left on the disk of .*disk_probe while writing .*\.pt: nothing "
                                             r"was written .*point KX_CACHE") as err:
-        store.save("disk_probe", {"k": 1}, {"x": torch.zeros(1000)})
+        store.save(DISK_PROBE, {"k": 1}, {"x": torch.zeros(1000)})
     assert err.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert [p.name for p in (store.root / "disk_probe").iterdir() if p.suffix != ".json"] == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing half-written is left for a later load to trip on
-        assert store.load("disk_probe", {"k": 1}) is None
+        assert store.load(DISK_PROBE, {"k": 1}) is None
     fault_ledger("full disk while writing an artifact (simulated ENOSPC)", 1, 1, 0)
 
 
