@@ -2,6 +2,7 @@
 #   make mini   set everything up, then regenerate figures/mini from $KX_DATA (the offline default)
 #   make test   set everything up, then run the unit tests and the notebooks on the smoke profile
 #   make -k test-gpu bench-gpu   on a CUDA machine: the GPU tests, then the GPU benchmark
+#   make test-reliability   the long fault-injection suite: SIGKILLs of the smoke reproduce, determinism
 PYTHON ?= python3
 VENV ?= .venv
 KX_DATA ?= $(abspath ../shared/datasets)
@@ -9,7 +10,7 @@ export KX_DATA
 
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-quick test-gpu bench-gpu mini paper-plan clean-runs
+.PHONY: setup test test-quick test-gpu bench-gpu test-reliability mini paper-plan clean-runs
 
 $(BIN)/.kx-installed: requirements.txt requirements-weights.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,19 +22,26 @@ $(BIN)/.kx-installed: requirements.txt requirements-weights.txt pyproject.toml
 
 setup: $(BIN)/.kx-installed
 
-# unit tests (tiny tensors, no data) + every notebook executed by nbval on the smoke profile
+# unit tests (tiny tensors, no data) + every notebook executed by nbval on the smoke profile;
+# the quick fault-injection cases are unit tests, the long ones (marker `reliability`) are not here
 test: setup
-	KX_PROFILE=smoke $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	KX_PROFILE=smoke $(BIN)/python -m pytest tests notebooks --nbval-lax -m "not reliability" -p no:cacheprovider
 
 # unit tests only: seconds, no KX_DATA needed
 test-quick: setup
-	$(BIN)/python -m pytest tests -m "not notebooks" -p no:cacheprovider
+	$(BIN)/python -m pytest tests -m "not notebooks and not reliability" -p no:cacheprovider
 
 # on a CUDA machine: the unit tests with every model on the GPU, then notebooks 01-03 on smoke (device auto = cuda)
 test-gpu: setup
 	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a CUDA GPU: torch.cuda.is_available() is False')"
 	KX_TEST_DEVICE=cuda KX_PROFILE=smoke $(BIN)/python -m pytest tests notebooks/01_victims.ipynb \
-		notebooks/02_knockoff.ipynb notebooks/03_detection.ipynb --nbval-lax -p no:cacheprovider
+		notebooks/02_knockoff.ipynb notebooks/03_detection.ipynb --nbval-lax -m "not reliability" -p no:cacheprovider
+
+# the long fault-injection suite (an hour or more on a 2-core CPU): the smoke `reproduce` SIGKILLed at
+# seeded random moments and rerun (KX_RELIABILITY_KILLS, default 20), and two smoke runs compared;
+# prints the table fault / trials / survived / data lost at the end
+test-reliability: setup
+	$(BIN)/python -m pytest tests/test_reliability.py -m reliability -p no:cacheprovider
 
 # on a CUDA machine: training and inference throughput of the paper profile's models at 224 px (random
 # weights and images: no data needed), printed and kept as $(BENCH_GPU).md and $(BENCH_GPU).json

@@ -11,8 +11,10 @@
     python -m kx_utils artifacts --record                  # rewrite tests/artifact_sources.json
 
 Exit status: 0 done, 1 a notebook failed, the plan found something missing, the
-pipeline state cannot be read or an artifact kind's source changed without its
-version, 2 bad usage (an unknown profile, notebook or override).
+pipeline state cannot be read, the disk is full or an artifact kind's source changed
+without its version, 2 bad usage (an unknown profile, notebook or override, or an
+override of the wrong type or out of range), 3 another ``reproduce`` holds the runs
+folder or the cache.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from .profiles import PROFILES, ProfileError, get_profile
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
 # ---------------------------------------------------------------- artifact versions and their source
 
@@ -393,7 +395,9 @@ def _bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .pipeline import CorruptStateError, NotebookFailed, PipelineError, reproduce
+    from .artifacts import DiskFullError
+    from .pipeline import (CorruptStateError, NotebookFailed, PipelineError, RunInProgress, reproduce,
+                           select_notebooks)
 
     args = build_parser().parse_args(argv)
     if args.command == "artifacts":
@@ -407,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             return _plan(args.profile, overrides, args.bench, args.gpus)
         if args.command == "report":
             return _report(args.profile, args.out)
+        select_notebooks(args.only)  # an unknown name is a usage error before the data check
         if args.command == "grid" and args.list:
             return _grid_list(args.profile, overrides, args.only)
         if not _data_present(args.profile, overrides, partial=bool(args.only)):
@@ -439,9 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except CorruptStateError as exc:  # not a usage error: a file to repair or delete
+    except (CorruptStateError, DiskFullError) as exc:  # not a usage error: a file to repair, a disk to free
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except RunInProgress as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

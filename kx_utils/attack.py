@@ -177,9 +177,10 @@ def answer_transfer_set(profile: Profile, victim: Victim, *, mode: str = "probs"
         api_desc = {**api_desc, "detector": getattr(detector, "name", repr(detector)),
                     "detector_action": detector_action}
     settings = query_settings(profile, victim, pool, pool_split, int(budget), seed, replace, api_desc)
-    if not store.exists(ANSWERS, settings):
-        pool_images = load_pool()
-    answered = query_victim(profile, victim, api, pool_images, settings, store, seed, replace)
+    found = store.load(ANSWERS, settings)  # verified: a damaged file is recomputed, with the pool
+    if found is not None:
+        return {**found, "queries": 0, "settings": settings}
+    answered = query_victim(profile, victim, api, load_pool(), settings, store, seed, replace)
     return {**answered, "settings": settings}
 
 

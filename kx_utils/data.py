@@ -4,41 +4,37 @@ Data lives under ``$KX_DATA`` in torchvision's ImageFolder layout,
 ``<folder>/<split>/<class>/<image>``.  Images are decoded once into a uint8
 tensor (N x 3 x H x W) that is cached as an artifact, so that no epoch ever
 decodes a JPEG again; normalisation with ImageNet's mean and standard deviation
-happens inside the models (:class:`kx_utils.models.Normalize`).
+happens inside the models (:class:`kx_utils.models.Normalize`).  Reading and
+checking a split folder, and converting every image to 8-bit RGB, is
+:mod:`kx_utils.imagefolder`'s.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .artifacts import ArtifactStore, artifact_kind
+from .imagefolder import (IMAGE_EXTENSIONS, CorruptImageError, DataLayoutError, decode_images,  # noqa: F401
+                          folder_signature, list_image_folder)
 
-DECODED = artifact_kind("decoded", 1)  # an ImageFolder split decoded to uint8 tensors
+# v2: 16-bit greyscale PNGs keep their high byte instead of clipping to white (kx_utils.imagefolder)
+DECODED = artifact_kind("decoded", 2)  # an ImageFolder split decoded to uint8 tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset folder is missing: the message names the path and how to get the data."""
-
-
-class CorruptImageError(RuntimeError):
-    """An image file cannot be decoded: the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -241,58 +237,12 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- reading folders
 
 
-def list_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Classes (sorted sub-folder names) and (relative file, label) pairs, as ImageFolder does."""
-    classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir() and not d.name.startswith("."))
-    samples = []
-    for label, cls in enumerate(classes):
-        for root, _, files in sorted(os.walk(split_dir / cls)):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                    rel = os.path.relpath(os.path.join(root, f), split_dir)
-                    samples.append((rel, label))
-    return classes, samples
-
-
-def _decode(path: Path, size: int | None) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                # shorter side to `size`, then the central square
-                w, h = im.size
-                scale = size / min(w, h)
-                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                               Image.BILINEAR, reducing_gap=None)
-                w, h = im.size
-                left, top = (w - size) // 2, (h - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-            return np.asarray(im, dtype=np.uint8).copy()
-    except Exception as exc:
-        raise CorruptImageError(f"cannot decode image {path}: {exc}. Replace or delete the file "
-                                "(a cached decode of the folder is rebuilt when its files change)") from exc
-
-
-def _folder_signature(split_dir: Path, samples: list[tuple[str, int]]) -> str:
-    h = hashlib.sha256()
-    for rel, label in samples:
-        st = os.stat(split_dir / rel)
-        h.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
 def decode_folder(split_dir: Path, size: int | None = None, workers: int | None = None) -> ImageSet:
     """Decode a whole ImageFolder split into uint8 tensors (no caching)."""
     classes, samples = list_image_folder(split_dir)
     if not samples:
         raise DatasetNotFoundError(f"no images under {split_dir}: expected <class>/<image> sub-folders")
-    paths = [split_dir / rel for rel, _ in samples]
-    if size is None:  # every image must then share one size; take it from the first
-        with Image.open(paths[0]) as im:
-            size = im.size[0]
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
-        arrays = list(pool.map(lambda p: _decode(p, size), paths))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    images = decode_images([split_dir / rel for rel, _ in samples], size, workers)
     labels = torch.tensor([label for _, label in samples], dtype=torch.long)
     return ImageSet(images, labels, classes, split_dir.name, [rel for rel, _ in samples])
 
@@ -417,7 +367,7 @@ def load_split(key: str, split: str, *, standins: bool, size: int | None = None,
         raise DatasetNotFoundError(f"dataset folder {path} holds no images: expected <class>/<image> "
                                    f"sub-folders ({dataset_info(key).how_to_get})")
     store = store or ArtifactStore()
-    settings = {"folder": str(path), "signature": _folder_signature(path, samples), "size": size}
+    settings = {"folder": str(path), "signature": folder_signature(path, samples), "size": size}
 
     def compute():
         s = decode_folder(path, size)

@@ -26,11 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .artifacts import atomic_save
+from .artifacts import atomic_save, load_verified
 from .data import to_float
 from .devices import autotuned_convolutions, mixed_precision, pick_device
 from .models import split_frozen_prefix
-from .profiles import Recipe
+from .profiles import AUGMENTATIONS, Recipe
 
 
 # Set (to anything) to make every training run an error: `reproduce --grid` runs the notebooks this
@@ -54,9 +54,6 @@ def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
     if recipe.warmup_fraction > 0 and progress < recipe.warmup_fraction:
         lr *= (step + 1) / max(1.0, recipe.warmup_fraction * total_steps)
     return lr
-
-
-AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
 
 
 def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
@@ -200,8 +197,8 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     start_epoch = 0
 
     checkpoint = Path(checkpoint) if checkpoint else None
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_verified(checkpoint, "training checkpoint") if checkpoint is not None else None
+    if state is not None:  # None too for a checkpoint that failed verification: then from epoch 0
         written_on = state.get("generator_device", "cpu")  # checkpoints before this key drew on the CPU
         if written_on != generator.device.type:
             raise ValueError(f"checkpoint {checkpoint} was written by a run on {written_on}, and this run is on "

@@ -8,7 +8,8 @@ import torch.nn as nn
 
 import kx_utils.train as kt
 from conftest import TEST_DEVICE
-from kx_utils import ProfileError, get_profile
+from kx_utils import ProfileError, get_profile, integrity
+from kx_utils.artifacts import atomic_save
 from kx_utils.devices import evaluation_batch_size, pick_device
 from kx_utils.models import build_model
 from kx_utils.profiles import Recipe
@@ -155,9 +156,9 @@ def test_a_checkpoint_of_another_device_is_refused_with_the_fix(tmp_path):
     recipe = Recipe(epochs=2, batch_size=8, lr=0.01, milestones=())
     ckpt = tmp_path / "run.ckpt"
     fit(ConvNet(), images, labels, recipe.replace(epochs=1), device="cpu", progress=False, checkpoint=ckpt)
-    state = torch.load(ckpt, weights_only=True)
+    state = integrity.load(ckpt)
     assert state["generator_device"] == "cpu"
-    torch.save({**state, "generator_device": "cuda"}, ckpt)
+    atomic_save({**state, "generator_device": "cuda"}, ckpt)
     with pytest.raises(ValueError, match=r"written by a run on cuda, and this run is on cpu.*delete the checkpoint"):
         fit(ConvNet(), images, labels, recipe, device="cpu", progress=False, checkpoint=ckpt)
 
@@ -171,9 +172,9 @@ def test_a_checkpoint_written_before_the_device_key_resumes_on_the_cpu(tmp_path)
     torch.manual_seed(0)
     fit(ConvNet(), images, labels, recipe.replace(epochs=1), device="cpu", progress=False, seed=2,
         checkpoint=ckpt)
-    state = torch.load(ckpt, weights_only=True)
+    state = integrity.load(ckpt)
     del state["generator_device"]  # as the code before the CUDA path wrote it
-    torch.save(state, ckpt)
+    atomic_save(state, ckpt)
     resumed = fit(ConvNet(), images, labels, recipe, device="cpu", progress=False, seed=2, checkpoint=ckpt)
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kx_utils import get_profile
+from kx_utils import get_profile, integrity
 from kx_utils.executors import make_executor, run_grid, shareable
 from kx_utils.grid import grid_tasks
 from kx_utils.pipeline import reproduce
@@ -61,8 +61,7 @@ def test_ray_grid_stores_what_the_serial_grid_stores(grids):
     differing = []
     for name, path in ray_files.items():
         if name.endswith(".pt"):
-            a = torch.load(path, map_location="cpu", weights_only=True)
-            b = torch.load(serial_files[name], map_location="cpu", weights_only=True)
+            a, b = integrity.load(path), integrity.load(serial_files[name])
             if not _same(a, b):
                 differing.append(name)
         elif path.read_bytes() != serial_files[name].read_bytes():
