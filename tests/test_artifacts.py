@@ -71,7 +71,7 @@ def test_a_kinds_version_enters_its_key_and_unknown_kinds_are_refused(tmp_path, 
 
 
 def test_each_kind_remembers_the_module_that_registers_it():
-    from kx_utils.__main__ import artifact_sources
+    from kx_utils.artifact_sources import artifact_sources
 
     sources = artifact_sources()  # imports the producing modules
     owners = {kind: entry["module"] for kind, entry in sources.items()}
@@ -90,7 +90,7 @@ def test_each_kind_remembers_the_module_that_registers_it():
 
 
 def test_the_checker_asks_for_a_bump_when_a_source_changed_without_its_version():
-    from kx_utils.__main__ import RECORD_COMMAND, artifact_source_problems
+    from kx_utils.artifact_sources import RECORD_COMMAND, artifact_source_problems
 
     entry = {"version": 2, "module": "kx_utils.attack", "source": "kx_utils/attack.py", "sha256": "a" * 64}
     now = {"answers": dict(entry)}
@@ -134,7 +134,7 @@ def test_artifact_versions_move_with_the_source_that_produces_them():
     bump that kind's version, or state (by re-recording) that the change cannot alter the artifacts."""
     import json
 
-    from kx_utils.__main__ import RECORD_COMMAND, artifact_source_problems, artifact_sources_path
+    from kx_utils.artifact_sources import RECORD_COMMAND, artifact_source_problems, artifact_sources_path
 
     path = artifact_sources_path()
     assert path.is_file(), f"{path} is missing: write it with `{RECORD_COMMAND}` and commit it"
