@@ -115,13 +115,14 @@ def test_recording_writes_what_the_check_then_accepts(tmp_path, monkeypatch, cap
     import json
 
     from kx_utils import __main__ as cli
+    from kx_utils import artifact_sources as sources
 
     target = tmp_path / "artifact_sources.json"
-    monkeypatch.setattr(cli, "artifact_sources_path", lambda: target)
+    monkeypatch.setattr(sources, "artifact_sources_path", lambda: target)
     assert cli.main(["artifacts"]) == 1 and "is missing" in capsys.readouterr().err
     assert cli.main(["artifacts", "--record"]) == 0
     recorded = json.loads(target.read_text())["kinds"]
-    assert recorded == cli.artifact_sources()
+    assert recorded == sources.artifact_sources()
     assert cli.main(["artifacts"]) == 0 and "ok:" in capsys.readouterr().out
     recorded["victim"]["sha256"] = "0" * 64  # victims.py as it was before an edit
     target.write_text(json.dumps({"kinds": recorded}))
