@@ -9,6 +9,8 @@
     python -m kx_utils reproduce --profile mini --grid     # the grid first, then the notebooks (no training)
     python -m kx_utils artifacts                           # do artifact versions follow their code?
     python -m kx_utils artifacts --record                  # rewrite tests/artifact_sources.json
+    python -m kx_utils data fetch --profile mini           # download and build the missing stand-ins
+    python -m kx_utils data status --profile mini          # which data folders are there
 
 Exit status: 0 done, 1 a notebook failed, the plan found something missing, the
 pipeline state cannot be read, the disk is full or an artifact kind's source changed
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     arts.add_argument("--record", action="store_true",
                       help="rewrite tests/artifact_sources.json from the current source (only for changes that "
                            "cannot alter what a kind stores; otherwise bump the kind's version first)")
+    from .fetch.cli import add_parser as add_data_parser
+    add_data_parser(sub)
     return parser
 
 
@@ -301,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         return check_artifact_sources(args.record)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "data":
+        from .fetch.cli import run as run_data
+        return run_data(args)
     try:
         overrides = _overrides(getattr(args, "overrides", None))
         get_profile(args.profile, **overrides)

@@ -443,6 +443,7 @@ class Plan:
     present: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # each: what is missing and how to get it
     warnings: list[str] = field(default_factory=list)  # present but not as the paper's
+    optional: list[str] = field(default_factory=list)  # absent, and the run goes on without it
 
     @property
     def ok(self) -> bool:
@@ -452,7 +453,10 @@ class Plan:
         out = [f"kx plan for profile {self.profile}", *self.lines, "", "Checked present:"]
         out += [f"  ok  {p}" for p in self.present] or ["  (nothing)"]
         if self.warnings:
-            out += ["", "Present, but smaller than the paper's:"] + [f"  WARNING  {w}" for w in self.warnings]
+            out += ["", "Present, but not as expected:"] + [f"  WARNING  {w}" for w in self.warnings]
+        if self.optional:
+            out += ["", "Optional, not present (the run goes on without them; their rows read \"data not "
+                        "present\"):"] + [f"  OPTIONAL  {o}" for o in self.optional]
         out += ["", "Missing:" if self.missing else "Missing: nothing; the run can start."]
         out += [f"  MISSING  {m}" for m in self.missing]
         if self.missing:
@@ -539,6 +543,10 @@ def plan(profile: Profile) -> Plan:
     if root is not None:
         for key, info in DATASETS.items():
             splits = info.standin_splits if p.standins else info.splits
+            if p.standins and info.standin_optional and not all((root / info.standin / s).is_dir()
+                                                                for s in splits.values()):
+                out.optional.append(f"dataset {info.paper_name} ({info.standin}): {info.standin_optional}")
+                continue
             for split in splits:
                 try:
                     path = split_folder(key, split, p.standins, root, allow_download=False)
@@ -558,6 +566,9 @@ def plan(profile: Profile) -> Plan:
                     out.warnings.append(f"dataset {info.paper_name} {split} at {path} holds {found:,} "
                                         f"images, the paper's has {expected:,} ({info.how_to_get})")
 
+        if p.standins:
+            _check_standin_folders(out, root)
+
     # weights: every pretrained model the profile uses (scratch detectors need none)
     for arch in dict.fromkeys([p.backbone, p.surrogate_arch, *p.detector_cv_archs]):
         try:
@@ -565,3 +576,17 @@ def plan(profile: Profile) -> Plan:
         except MissingWeightsError as exc:
             out.missing.append(f"ImageNet weights of {arch}: {exc}")
     return out
+
+
+def _check_standin_folders(out: Plan, root: Path) -> None:
+    """A fetched stand-in that lost files is missing; one placed by hand that is not the stand-in, or
+    fetched from another spec, is a warning (:mod:`kx_utils.fetch`)."""
+    from .fetch import standin_states
+
+    for state in standin_states(root).values():
+        problems = f" ({'; '.join(state.problems)})" if state.problems else ""
+        if state.state == "damaged":
+            out.missing.append(f"dataset folder {state.path} is damaged{problems}: rebuild it with `python -m "
+                               f"kx_utils data fetch --profile {out.profile} --rebuild`")
+        elif state.state in ("foreign", "stale"):
+            out.warnings.append(f"dataset folder {state.path}: {state.detail}{problems}")
