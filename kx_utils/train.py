@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .artifacts import atomic_save
 from .data import to_float
 from .models import split_frozen_prefix
+from .progress import progress_bar
 from .profiles import Recipe
 
 
@@ -173,47 +174,49 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     if device.type == "cuda":  # keep the decoded set on the GPU: no host copies per batch
         images, targets = images.to(device), targets.to(device)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=recipe.epochs, initial=start_epoch, desc=desc, leave=False)
-    for epoch in range(start_epoch, recipe.epochs):
-        torch.manual_seed(seed * 100_003 + epoch)  # dropout: reproducible after a resume
-        trained.train()
-        t0 = time.perf_counter()
-        order = torch.randperm(len(images), generator=generator)
-        loss_sum, seen = 0.0, 0
-        for i, batch in enumerate(order.split(recipe.batch_size)):
-            step = epoch * steps_per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(recipe, step, total_steps)
-            batch = batch.to(images.device)
-            x = augment_batch(to_float(images[batch]), recipe.augment, generator)
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = targets[batch]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = trained(x).float()
-            loss = soft_cross_entropy(logits, y) if soft else F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(batch)
-            seen += len(batch)
-        row = {"epoch": epoch + 1, "lr": learning_rate(recipe, (epoch + 1) * steps_per_epoch - 1, total_steps),
-               "train_loss": loss_sum / seen, "train_seconds": time.perf_counter() - t0}
-        last = epoch + 1 == recipe.epochs
-        for name, (eval_images, eval_labels) in (eval_sets or {}).items() if evaluate_every_epoch or last else ():
-            row[f"{name}_acc"] = accuracy(trained, eval_images, eval_labels, eval_batch_size, device)
-        history.append(row)
-        if checkpoint is not None:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "generator": generator.get_state(), "history": history, "epoch": epoch + 1},
-                        checkpoint)
+    bar = progress_bar(total_steps, desc, initial=start_epoch * steps_per_epoch) if progress else None
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            torch.manual_seed(seed * 100_003 + epoch)  # dropout: reproducible after a resume
+            trained.train()
+            t0 = time.perf_counter()
+            order = torch.randperm(len(images), generator=generator)
+            loss_sum, seen = 0.0, 0
+            for i, batch in enumerate(order.split(recipe.batch_size)):
+                step = epoch * steps_per_epoch + i
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(recipe, step, total_steps)
+                batch = batch.to(images.device)
+                x = augment_batch(to_float(images[batch]), recipe.augment, generator)
+                x = x.contiguous(memory_format=torch.channels_last)
+                y = targets[batch]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = trained(x).float()
+                loss = soft_cross_entropy(logits, y) if soft else F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(batch)
+                seen += len(batch)
+                if bar is not None:
+                    bar.update(1)
+            row = {"epoch": epoch + 1, "lr": learning_rate(recipe, (epoch + 1) * steps_per_epoch - 1, total_steps),
+                   "train_loss": loss_sum / seen, "train_seconds": time.perf_counter() - t0}
+            last = epoch + 1 == recipe.epochs
+            for name, (eval_images, eval_labels) in (eval_sets or {}).items() if evaluate_every_epoch or last else ():
+                row[f"{name}_acc"] = accuracy(trained, eval_images, eval_labels, eval_batch_size, device)
+            history.append(row)
+            if checkpoint is not None:
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "generator": generator.get_state(), "history": history, "epoch": epoch + 1},
+                            checkpoint)
+            if bar is not None:
+                bar.set_postfix_str(", ".join([f"epoch {epoch + 1}/{recipe.epochs}",
+                                               *(f"{k.removesuffix('_acc')} {v:.1%}" for k, v in row.items()
+                                                 if k.endswith("_acc"))]))
+    finally:  # a run that raises leaves its bar closed in red (tqdm's danger style)
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k.endswith(("_acc", "loss"))})
-    if bar is not None:
-        bar.close()
+            bar.close()
     model.cpu().to(memory_format=torch.contiguous_format)
     return history
 
