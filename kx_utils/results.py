@@ -77,7 +77,9 @@ class NotebookRun:
 
     >>> run = NotebookRun("02_knockoff", profile)
     >>> run.tables["table2"] = {...}
-    >>> run.save()
+    >>> run.save()  # writes run.path
+
+    ``save`` returns nothing, so a notebook whose last line saves shows no machine path.
     """
 
     def __init__(self, notebook: str, profile: Profile, runs: str | os.PathLike | None = None):
@@ -97,10 +99,13 @@ class NotebookRun:
             "tables": self.tables, "figures": self.figures, "values": self.values, "notes": self.notes,
         })
 
-    def save(self) -> Path:
-        path = results_path(self.notebook, self.profile.name, self.runs)
-        atomic_write_text(path, json.dumps(self.document(), indent=1, sort_keys=False))
-        return path
+    @property
+    def path(self) -> Path:
+        """Where :meth:`save` writes this run's document."""
+        return results_path(self.notebook, self.profile.name, self.runs)
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.document(), indent=1, sort_keys=False))
 
 
 class CorruptResultsError(ValueError):
