@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .artifacts import ArtifactStore, settings_key
-from .profiles import VICTIM_KEYS, Profile
+from .profiles import Profile
 
 NOTEBOOK_OF_STAGE = {"victims": "01_victims", "knockoff": "02_knockoff", "detection": "03_detection",
                      "section5": "04_architecture_and_output", "hyperparameters": "05_hyperparameters",
@@ -138,18 +138,24 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
 
     ``notebooks`` keeps the tasks of those notebooks and whatever they depend on.
     """
-    from .experiments import (EXTRA_FORMATS, PAPER_FORMATS, section5_attack, table2_attack)
-    from .seeds import seeds_for
+    from .experiments import EXTRA_FORMATS, PAPER_FORMATS, section5_attack, table2_attack
     from .victims import PRETRAINED_VICTIMS
+    from .data import absent_optional_datasets
+    from .seeds import seeds_for
+    from .victims import available_victims
 
     P, plan = profile, profile.section5
     tasks: list[Task] = []
+    # as the notebooks do: a victim whose optional data is absent (mini's Diabetic5) has no tasks
+    victim_keys = available_victims(P)
+    pretrained = available_victims(P, PRETRAINED_VICTIMS)
+    diabetic5_present = "diabetic5" not in absent_optional_datasets(P.standins, P.data_root)
 
     def add(name: str, stage: str, function: str, *args, after: tuple[str, ...] = (), **kwargs) -> str:
         tasks.append(Task(name, NOTEBOOK_OF_STAGE[stage], function, tuple(args), kwargs, tuple(after)))
         return name
 
-    victim = {key: add(f"victim/{key}", "victims", "kx_utils.victims:get_victim", key) for key in VICTIM_KEYS}
+    victim = {key: add(f"victim/{key}", "victims", "kx_utils.victims:get_victim", key) for key in victim_keys}
     made_by: dict[str, str] = {}  # surrogate artifact key -> the task that makes it
 
     def surrogate(name: str, stage: str, key: str, **kwargs) -> str:
@@ -170,31 +176,31 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
 
     # 02: Table 2 (and its curves, Figure 2's source in mini), the budget curves
     t2 = table2_attack(P)
-    for key in PRETRAINED_VICTIMS:
+    for key in pretrained:
         for seed in seeds_for(P, "table2"):
             surrogate(f"surrogate/table2/{key}/seed{seed}", "knockoff", key, seed=seed, **t2)
-    for key in plan.budget_curve_victims:
+    for key in [k for k in plan.budget_curve_victims if k in victim_keys]:
         for budget in plan.budget_curve_budgets:
             for seed in seeds_for(P, "budget_curves"):
                 surrogate(f"surrogate/budget/{key}/{budget}/seed{seed}", "knockoff", key, budget=budget,
                           seed=seed, **t2)
 
     # 03: Tables 3 and 4, the filter
-    add("detection/overlap", "detection", "kx_utils.detect:overlap_rows", list(PRETRAINED_VICTIMS))
+    add("detection/overlap", "detection", "kx_utils.detect:overlap_rows", list(pretrained))
     add("detection/table3", "detection", "kx_utils.detect:table3_rows")
     add("detection/cv_arch", "detection", "kx_utils.detect:choose_cv_arch")
-    for key in PRETRAINED_VICTIMS:
+    for key in pretrained:
         t4 = add(f"detection/table4/{key}", "detection", "kx_utils.detect:table4_result", key,
                  after=(victim[key], "detection/cv_arch"))
         add(f"detection/filter/{key}", "detection", "kx_utils.detect:filter_report", key, after=(t4,))
 
     # 04: Tables 5 and 6, 5.1.3
     s5 = section5_attack(P, plan)
-    for key in ("gtsrb", "gtsrb_5l", "cifar10", "cifar10_9l"):
+    for key in [k for k in ("gtsrb", "gtsrb_5l", "cifar10", "cifar10_9l") if k in victim_keys]:
         for seed in seeds_for(P, "table5"):
             surrogate(f"surrogate/table5/{key}/seed{seed}", "section5", key, seed=seed, **s5)
-    extra_victims = PRETRAINED_VICTIMS if plan.extra_format_victims is None else plan.extra_format_victims
-    for key in PRETRAINED_VICTIMS:
+    extra_victims = pretrained if plan.extra_format_victims is None else plan.extra_format_victims
+    for key in pretrained:
         for seed in seeds_for(P, "table6"):
             extra = key in extra_victims and seed in seeds_for(P, "extra_formats")
             formats = list(PAPER_FORMATS + (EXTRA_FORMATS if extra else ()))
@@ -202,18 +208,18 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
             probs = surrogate(f"surrogate/table6/{key}/probs/seed{seed}", "section5", key, seed=seed, **s5)
             add(f"surrogates/table6/{key}/seed{seed}", "section5", "kx_utils.experiments:attack_formats", key,
                 formats, after=(victim[key], probs), seed=seed, **s5)
-    for seed in seeds_for(P, "section_5_1_3"):
+    for seed in seeds_for(P, "section_5_1_3") if diabetic5_present else ():
         add(f"surrogates/5.1.3/seed{seed}", "section5", "kx_utils.grid:section_5_1_3_pair", seed, s5["recipe"],
             after=(victim["gtsrb"],))
 
     # 05: Table 7, Figure 2
-    for key in plan.table7_victims or VICTIM_KEYS:
+    for key in [k for k in plan.table7_victims or victim_keys if k in victim_keys]:
         for b in plan.table7_batch_sizes or P.batch_sizes:
             for seed in seeds_for(P, "table7_bs16" if b == 16 else "table7"):
                 surrogate(f"surrogate/table7/{key}/bs{b}/seed{seed}", "hyperparameters", key, batch_size=b,
                           seed=seed, **s5)
     long_recipe = P.surrogate_recipe.replace(epochs=plan.figure2_epochs or P.surrogate_recipe.epochs)
-    for key in plan.figure2_victims:
+    for key in [k for k in plan.figure2_victims if k in victim_keys]:
         for seed in seeds_for(P, "figure2"):
             surrogate(f"surrogate/figure2/{key}/seed{seed}", "hyperparameters", key, seed=seed,
                       budget=plan.figure2_budget or P.transfer_budget, recipe=long_recipe,

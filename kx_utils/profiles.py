@@ -437,7 +437,6 @@ _SMOKE = _MINI.replace(
                                     budget_curve_victims=("cifar10",), budget_curve_budgets=(150, 300)),
     notes=("Pretrained MobileNetV2 stands in for ResNet34, at 32 px, on a few dozen images per class: "
            "smoke checks that every path runs, not the paper's numbers.",),
-    progress=False,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (_SMOKE, _MINI, _PAPER)}

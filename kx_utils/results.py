@@ -78,7 +78,9 @@ class NotebookRun:
 
     >>> run = NotebookRun("02_knockoff", profile)
     >>> run.tables["table2"] = {...}
-    >>> run.save()
+    >>> run.save()  # writes run.path
+
+    ``save`` returns nothing, so a notebook whose last line saves shows no machine path.
     """
 
     def __init__(self, notebook: str, profile: Profile, runs: str | os.PathLike | None = None):
@@ -101,10 +103,13 @@ class NotebookRun:
             "data_not_present": self.data_not_present,
         })
 
-    def save(self) -> Path:
-        path = results_path(self.notebook, self.profile.name, self.runs)
-        atomic_write_text(path, json.dumps(self.document(), indent=1, sort_keys=False))
-        return path
+    @property
+    def path(self) -> Path:
+        """Where :meth:`save` writes this run's document."""
+        return results_path(self.notebook, self.profile.name, self.runs)
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.document(), indent=1, sort_keys=False))
 
 
 class CorruptResultsError(ValueError):

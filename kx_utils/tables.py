@@ -2,7 +2,8 @@
 
 Used by the notebooks to show a table and by the report to write it as CSV and Markdown.
 Accuracies and rates are stored as fractions and shown as percentages (differences in
-percentage points); :func:`is_rate` decides which columns hold them, by name.
+percentage points); :func:`is_rate` decides which columns hold them, by name.  A column
+that could only ever be empty (a difference of two strings) is left out.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def side_by_side(ours: Mapping[str, Mapping], paper: Mapping[str, Mapping], colu
                  names: Mapping[str, str] | None = None, rows: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per key, three columns per measure: ``(measure, "paper" | "ours" | "diff")``.
 
-    ``diff`` is ours minus the paper's, where both are numbers.  A measure measured on
+    ``diff`` is ours minus the paper's, where both are numbers; a measure without any row
+    where both are (Table 1's image sizes, or one not measured) gets no ``diff``.  A measure measured on
     several seeds (``<measure>_seeds`` in a row of ours; ``ours`` is then their mean)
     gets a fourth column, ``(measure, "sd")``, their standard deviation.  Keys missing on
     one side show as empty cells, so a stand-in row without a paper counterpart
@@ -54,6 +56,8 @@ def side_by_side(ours: Mapping[str, Mapping], paper: Mapping[str, Mapping], colu
     columns = list(columns)
     keys = list(rows) if rows is not None else list(dict.fromkeys([*paper.keys(), *ours.keys()]))
     seeded = {col for col in columns if any(seed_sd(ours.get(k), col) is not None for k in keys)}
+    compared = {col for col in columns if any(_difference((ours.get(k) or {}).get(col), (paper.get(k) or {}).get(col))
+                                              is not None for k in keys)}
     records, index = [], []
     for key in keys:
         p, o = paper.get(key) or {}, ours.get(key) or {}
@@ -64,7 +68,8 @@ def side_by_side(ours: Mapping[str, Mapping], paper: Mapping[str, Mapping], colu
             rec[(col, "ours")] = ov
             if col in seeded:
                 rec[(col, "sd")] = seed_sd(o, col)
-            rec[(col, "diff")] = _difference(ov, pv)
+            if col in compared:
+                rec[(col, "diff")] = _difference(ov, pv)
         records.append(rec)
         index.append((names or {}).get(key, key))
     frame = pd.DataFrame(records, index=pd.Index(index, name="row"), dtype=object)
@@ -73,12 +78,25 @@ def side_by_side(ours: Mapping[str, Mapping], paper: Mapping[str, Mapping], colu
 
 
 def measure_table(ours: Mapping, paper: Mapping, measures: Iterable[str]) -> pd.DataFrame:
-    """A single experiment's numbers, one row per measure: ``paper``, ``ours`` and ``diff``."""
+    """A single experiment's numbers, one row per measure: ``paper``, ``ours`` and ``diff``
+    (``sd`` where a measure has per-seed values; ``diff`` only where some measure has two numbers)."""
     measures = list(measures)
     records = [{"paper": paper.get(m), "ours": ours.get(m), "sd": seed_sd(ours, m),
                 "diff": _difference(ours.get(m), paper.get(m))} for m in measures]
-    columns = ["paper", "ours"] + (["sd"] if any(r["sd"] is not None for r in records) else []) + ["diff"]
+    columns = ["paper", "ours"] + [c for c in ("sd", "diff") if any(r[c] is not None for r in records)]
     return pd.DataFrame(records, index=pd.Index(measures, name=MEASURE_INDEX), columns=columns, dtype=object)
+
+
+def paper_table(rows: Mapping[str, Mapping], columns: Iterable[str], names: Mapping[str, str] | None = None
+                ) -> pd.DataFrame:
+    """Numbers quoted from a paper alone, one column per measure: no ``ours`` or ``diff`` to fill.
+
+    Only the keys with at least one of ``columns`` become rows, labelled by ``names``.
+    """
+    columns = list(columns)
+    keys = [k for k, row in rows.items() if any(row.get(c) is not None for c in columns)]
+    return pd.DataFrame([{c: rows[k].get(c) for c in columns} for k in keys],
+                        index=pd.Index([(names or {}).get(k, k) for k in keys]), columns=columns, dtype=object)
 
 
 def format_cell(column: str, value) -> str:
@@ -108,12 +126,16 @@ def format_difference(column: str, value) -> str:
 
 
 def formatted(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy with rates as percentages (differences in percentage points) for display.
+    """A copy for display: rates as percentages (differences in percentage points), and a header
+    of the measures over their ``paper | ours | sd | diff`` columns, without level or index names
+    (a notebook would otherwise show them as extra header rows: "measure", "source", "row").
 
     The measure of a cell is its column's (its ``(measure, source)`` column of
     :func:`side_by_side`), or its row's in a :func:`measure_table`.
     """
     out = frame.copy().astype(object)
+    out.columns.names = [None] * out.columns.nlevels
+    out.index.name = None
     by_row = frame.index.name == MEASURE_INDEX
     for col in frame.columns:
         measure = col[0] if isinstance(col, tuple) else col
@@ -130,7 +152,7 @@ def to_markdown(frame: pd.DataFrame) -> str:
     """A GitHub Markdown table of ``formatted(frame)`` (no extra dependency)."""
     shown = formatted(frame)
     headers = [" ".join(str(p) for p in c) if isinstance(c, tuple) else str(c) for c in shown.columns]
-    lines = ["| " + " | ".join([shown.index.name or ""] + headers) + " |",
+    lines = ["| " + " | ".join([frame.index.name or ""] + headers) + " |",
              "|" + "---|" * (len(headers) + 1)]
     for idx, row in shown.iterrows():
         lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row.tolist()]) + " |")

@@ -31,6 +31,7 @@ from .data import to_float
 from .devices import autotuned_convolutions, mixed_precision, pick_device
 from .models import split_frozen_prefix
 from .profiles import AUGMENTATIONS, Recipe
+from .progress import progress_bar
 
 
 # Set (to anything) to make every training run an error: `reproduce --grid` runs the notebooks this
@@ -215,48 +216,50 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     eval_sets = {name: (x.to(device), y.to(device)) for name, (x, y) in (eval_sets or {}).items()}
     forward = torch.compile(trained) if compile_model else trained
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=recipe.epochs, initial=start_epoch, desc=desc, leave=False)
-    for epoch in range(start_epoch, recipe.epochs):
-        torch.manual_seed(seed * 100_003 + epoch)  # dropout: reproducible after a resume
-        trained.train()
-        t0 = time.perf_counter()
-        order = torch.randperm(len(images), generator=generator, device=generator.device)
-        # summed in float64 where the loss is: the same arithmetic as Python floats, read once per epoch
-        loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
-        with autotuned_convolutions(device):
-            for i, batch in enumerate(order.split(recipe.batch_size)):
-                step = epoch * steps_per_epoch + i
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(recipe, step, total_steps)
-                x = augment_batch(to_float(images[batch]), recipe.augment, generator)
-                x = x.contiguous(memory_format=torch.channels_last)
-                y = targets[batch]
-                with mixed_precision(device):
-                    logits = forward(x).float()
-                loss = soft_cross_entropy(logits, y) if soft else F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach().double() * len(batch)
-                seen += len(batch)
-        row = {"epoch": epoch + 1, "lr": learning_rate(recipe, (epoch + 1) * steps_per_epoch - 1, total_steps),
-               "train_loss": float(loss_sum) / seen, "train_seconds": time.perf_counter() - t0}
-        last = epoch + 1 == recipe.epochs
-        for name, (eval_images, eval_labels) in eval_sets.items() if evaluate_every_epoch or last else ():
-            row[f"{name}_acc"] = accuracy(trained, eval_images, eval_labels, eval_batch_size, device)
-        history.append(row)
-        if checkpoint is not None:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "generator": generator.get_state(), "generator_device": generator.device.type,
-                         "history": history, "epoch": epoch + 1}, checkpoint)
+    bar = progress_bar(total_steps, desc, initial=start_epoch * steps_per_epoch) if progress else None
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            torch.manual_seed(seed * 100_003 + epoch)  # dropout: reproducible after a resume
+            trained.train()
+            t0 = time.perf_counter()
+            order = torch.randperm(len(images), generator=generator, device=generator.device)
+            # summed in float64 where the loss is: the same arithmetic as Python floats, read once per epoch
+            loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
+            with autotuned_convolutions(device):
+                for i, batch in enumerate(order.split(recipe.batch_size)):
+                    step = epoch * steps_per_epoch + i
+                    for group in optimizer.param_groups:
+                        group["lr"] = learning_rate(recipe, step, total_steps)
+                    x = augment_batch(to_float(images[batch]), recipe.augment, generator)
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    y = targets[batch]
+                    with mixed_precision(device):
+                        logits = forward(x).float()
+                    loss = soft_cross_entropy(logits, y) if soft else F.cross_entropy(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.detach().double() * len(batch)
+                    seen += len(batch)
+                    if bar is not None:
+                        bar.update(1)
+            row = {"epoch": epoch + 1, "lr": learning_rate(recipe, (epoch + 1) * steps_per_epoch - 1, total_steps),
+                   "train_loss": float(loss_sum) / seen, "train_seconds": time.perf_counter() - t0}
+            last = epoch + 1 == recipe.epochs
+            for name, (eval_images, eval_labels) in eval_sets.items() if evaluate_every_epoch or last else ():
+                row[f"{name}_acc"] = accuracy(trained, eval_images, eval_labels, eval_batch_size, device)
+            history.append(row)
+            if checkpoint is not None:
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "generator": generator.get_state(), "generator_device": generator.device.type,
+                             "history": history, "epoch": epoch + 1}, checkpoint)
+            if bar is not None:
+                bar.set_postfix_str(", ".join([f"epoch {epoch + 1}/{recipe.epochs}",
+                                               *(f"{k.removesuffix('_acc')} {v:.1%}" for k, v in row.items()
+                                                 if k.endswith("_acc"))]))
+    finally:  # a run that raises leaves its bar closed in red (tqdm's danger style)
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k.endswith(("_acc", "loss"))})
-    if bar is not None:
-        bar.close()
+            bar.close()
     model.cpu().to(memory_format=torch.contiguous_format)
     return history
 

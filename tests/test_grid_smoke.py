@@ -43,10 +43,12 @@ def grids(tmp_path_factory):
         pytest.skip("KX_DATA is not set: the grid needs the stand-in datasets")
     pytest.importorskip("ray")
     out = {}
-    for name, workers in (("ray", 2), ("serial", None)):
+    # the whole grid on Ray; serially (for CI's time) the tasks of notebooks 01-02, whose files the Ray
+    # run must hold byte for byte
+    for name, workers, notebooks in (("ray", 2, None), ("serial", None, ("01_victims", "02_knockoff"))):
         cache = tmp_path_factory.mktemp(f"cache_{name}")
         profile = shareable(get_profile("smoke", cache_root=str(cache)))
-        report = run_grid(grid_tasks(profile), make_executor(name, profile, workers=workers, threads=1),
+        report = run_grid(grid_tasks(profile, notebooks), make_executor(name, profile, workers=workers, threads=1),
                           log=lambda m: None)
         assert report.ok, report.text()
         out[name] = (cache, report)
@@ -57,16 +59,17 @@ def test_ray_grid_stores_what_the_serial_grid_stores(grids):
     (ray_cache, ray_report), (serial_cache, serial_report) = grids["ray"], grids["serial"]
     assert ray_report.workers == 2 and serial_report.workers == 1
     ray_files, serial_files = _files(ray_cache), _files(serial_cache)
-    assert ray_files.keys() == serial_files.keys()
+    assert any(n.startswith("surrogate/") for n in serial_files) and set(serial_files) <= set(ray_files)
+    assert len(ray_files) > len(serial_files)  # ... and the rest of the grid besides
     differing = []
-    for name, path in ray_files.items():
+    for name, path in serial_files.items():
         if name.endswith(".pt"):
-            a, b = integrity.load(path), integrity.load(serial_files[name])
+            a, b = integrity.load(ray_files[name]), integrity.load(path)
             if not _same(a, b):
                 differing.append(name)
-        elif path.read_bytes() != serial_files[name].read_bytes():
+        elif path.read_bytes() != ray_files[name].read_bytes():
             differing.append(name)
-    assert not differing, f"{len(differing)} of {len(ray_files)} artifacts differ: {differing[:5]}"
+    assert not differing, f"{len(differing)} of {len(serial_files)} artifacts differ: {differing[:5]}"
 
 
 def test_notebooks_after_the_grid_train_nothing(grids, tmp_path, monkeypatch):

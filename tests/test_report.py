@@ -481,6 +481,33 @@ def test_figure2_draws_every_victim_with_its_best_and_validation_epochs():
     assert any(len(c.get_paths()) for c in ax.collections)  # the band of one sd over CIFAR10's two seeds
 
 
+BUDGET_CURVES = {"cifar10": {"name": "CIFAR10-MNV2", "points": {
+    "150": {"budget": 150, "recovery": 0.3, "recovery_seeds": [0.25, 0.35]},
+    "300": {"budget": 300, "recovery": 0.4, "recovery_seeds": [0.38, 0.42]}}}}
+
+
+@pytest.mark.parametrize("draw", [lambda: rp.table2_curves(FIGURE2), lambda: rp.figure2(FIGURE2),
+                                  lambda: rp.budget_curves(BUDGET_CURVES, {"cifar10": 0.75})],
+                         ids=["table2_curves", "figure2", "budget_curves"])
+def test_notebook_figures_keep_their_legend_off_the_curves(draw):
+    fig = draw()
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    assert ax.get_legend() is None and len(fig.legends) == 1  # the one legend is the figure's, beside the axes
+    legend, plot = fig.legends[0].get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= plot.x1 or legend.y1 <= plot.y0, (legend, plot)
+
+
+def test_epoch_axes_tick_whole_epochs_only():
+    # 3 epochs: matplotlib's default locator would tick 1.0, 1.25, 1.5, ...
+    for fig in (rp.table2_curves(FIGURE2), rp.figure2(FIGURE2)):
+        fig.canvas.draw()
+        (ax,) = fig.axes
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks == [1, 2, 3]
+
+
 def test_the_folder_is_replaced_whole_and_a_crash_keeps_the_previous_one(runs, tmp_path, monkeypatch):
     out = tmp_path / "fig"
     out.mkdir()

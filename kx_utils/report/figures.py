@@ -195,7 +195,7 @@ def budget_curves(data: Mapping, paper_recovery: Mapping[str, float] | None = No
         ax.set(xlabel="queries (log scale)", ylabel="recovery Acc(F_A) / Acc(F_V)")
         ax.set_title("Recovery against the query budget (hollow: the paper's Table 2 at 100,000 queries)",
                      fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
     return fig
 
 
