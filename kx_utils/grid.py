@@ -121,13 +121,18 @@ def in_distribution_grid(profile: Profile, seed: int, pool: str, batch_sizes: tu
 
 
 def in_distribution_detection(profile: Profile, store: ArtifactStore | None = None) -> dict:
-    """What notebook 06 asks of the detector: the in-distribution answers and the unseen ImageNet queries."""
-    from .detect import unseen_imagenet_queries
-    from .experiments import transfer_answers
-    _, budget = in_distribution_setup(profile, store)
+    """What notebook 06 asks of the Caltech detector: its flags on the in-distribution queries, on as
+    many unseen ImageNet queries and on the benign test images (their features are cached)."""
+    from .detect import detection_data, get_detector, unseen_imagenet_queries
+    from .experiments import flagged_share, transfer_answers
+    bing, budget = in_distribution_setup(profile, store)
+    detector = get_detector(profile, "caltech", store)
     queried = transfer_answers(profile, "caltech", pool="bing", budget=budget, store=store)
-    unseen = unseen_imagenet_queries(profile, "caltech", len(queried["indices"]), store)
-    return {"queries": len(queried["indices"]), "unseen_imagenet": len(unseen)}
+    queries = bing.images[queried["indices"]]
+    sets = {"in_distribution": queries,
+            "unseen_imagenet": unseen_imagenet_queries(profile, "caltech", len(queries), store),
+            "benign": detection_data(profile, "caltech", store).in_test.images}
+    return {name: flagged_share(detector.flag, images) for name, images in sets.items()}
 
 
 # ---------------------------------------------------------------- the tasks of each notebook

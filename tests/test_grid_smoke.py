@@ -22,8 +22,9 @@ pytestmark = pytest.mark.notebooks
 
 
 def _files(root: Path) -> dict[str, Path]:
+    # artifacts only: not the lock files of the cache (".reproduce.lock") nor training checkpoints
     return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()
-            and p.suffix != ".ckpt"}
+            and p.suffix != ".ckpt" and not p.name.startswith(".")}
 
 
 def _same(a, b) -> bool:
