@@ -63,12 +63,14 @@ def test_a_missing_standin_says_how_to_fetch_it_and_diabetic5_how_to_get_it(data
 
 def test_a_notebook_run_records_the_data_it_went_without(data_root, tmp_path):
     run = NotebookRun("02_knockoff", get_profile("mini", data_root=str(data_root)), runs=tmp_path / "runs")
-    document = json.loads(run.save().read_text())
+    run.save()
+    document = json.loads(run.path.read_text())
     assert document["data_not_present"] == {"diabetic5": kd.DATASETS["diabetic5"].standin_optional}
     write_image_folder(data_root / DIABETIC_SPLITS[0], classes=2, per_class=1)
     write_image_folder(data_root / DIABETIC_SPLITS[1], classes=2, per_class=1)
     run = NotebookRun("02_knockoff", get_profile("mini", data_root=str(data_root)), runs=tmp_path / "runs")
-    assert json.loads(run.save().read_text())["data_not_present"] == {}
+    run.save()
+    assert json.loads(run.path.read_text())["data_not_present"] == {}
 
 
 def _document(notebook, tables=None, values=None, absent=None):
