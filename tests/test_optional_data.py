@@ -83,7 +83,9 @@ def test_the_report_marks_the_rows_of_absent_data_and_does_not_evaluate_what_nee
     table2 = {"gtsrb": {"name": "GTSRB-MNV2", "victim_acc": 0.9, "surrogate_acc": 0.5, "recovery": 0.55}}
     table1 = {"gtsrb": {"name": "GTSRB", "image_size": "48x48", "classes": 43, "train": 100, "test": 50}}
     table4 = {"gtsrb": {"ours_tpr": 0.9, "ours_tnr": 0.9, "ood_test": 100, "in_test": 50}}
+    table7 = {"gtsrb": {"name": "GTSRB-MNV2", "victim_acc": 0.9, "bs64": 0.5}}
     docs = {"01_victims": _document("01_victims", {"table1": table1}, absent=absent),
+            "05_hyperparameters": _document("05_hyperparameters", {"table7": table7}, absent=absent),
             "02_knockoff": _document("02_knockoff", {"table2": table2}, absent=absent),
             "03_detection": _document("03_detection", {"table4a": table4}, absent=absent),
             "04_architecture_and_output": _document("04_architecture_and_output", absent=absent)}
@@ -99,6 +101,13 @@ def test_the_report_marks_the_rows_of_absent_data_and_does_not_evaluate_what_nee
     t4 = tables["table4a"]
     assert all(t4.loc[row, ("tnr", "ours")] == "data not present" for row in t4.index if row.startswith("Diabetic5"))
     assert missing["section_5_1_3"] == "not produced (data not present: Diabetic5)"
+    # Table 7's victims are the profile's plan: mini's leaves Diabetic5 out, so its row stays empty as it
+    # would with the data present ...
+    assert tables["table7"].loc[diabetic, ("bs64", "ours")] is None
+    # ... and a plan of every victim (the paper's, None) says its data is not present
+    docs["01_victims"]["profile_settings"] = {"section5": {"table7_victims": None}}
+    assert build_tables(Results("mini", docs))[0]["table7"].loc[diabetic, ("bs64", "ours")] == "data not present"
+    docs["01_victims"]["profile_settings"] = {}
     claim9 = next(c for c in check_claims(results) if "5.1.3" in c.claim.source)
     assert "data not present: Diabetic5" in claim9.evidence
 

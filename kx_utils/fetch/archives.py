@@ -39,6 +39,7 @@ from ..artifacts import atomic_write_text
 CHUNK = 1 << 20
 TRUSTED_FILE = "trusted-sha256.txt"
 TIMEOUT_SECONDS = 60
+PROGRESS_BYTES = 100 * 2**20
 
 
 class FetchError(RuntimeError):
@@ -174,10 +175,15 @@ def _stream(url: str, part: Path, log: Callable[[str], None]) -> None:
                 have = 0
             length = response.headers.get("Content-Length")
             expected = have + int(length) if length is not None else None
+            next_report = PROGRESS_BYTES
             with open(part, "ab" if resumed else "wb") as out:
                 for block in iter(lambda: response.read(CHUNK), b""):
                     out.write(block)
                     received += len(block)
+                    if received >= next_report:  # a large download should not look stuck
+                        of = f" of {expected / 2**20:,.0f}" if expected else ""
+                        log(f"  {part.name}: {(have + received) / 2**20:,.0f}{of} MiB")
+                        next_report += PROGRESS_BYTES
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the part already holds the whole file
             return

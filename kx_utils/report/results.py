@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .. import paper
+from ..data import dataset_info
 from ..pipeline import NOTEBOOKS, load_state, run_dir
 from ..profiles import get_profile
 from ..results import CorruptResultsError, read_results, results_path
@@ -102,7 +103,6 @@ class Results:
     def require(self, key: str):
         found = self.find(key)
         if found is None and NEEDS_DATA.get(key) in self.data_not_present:
-            from ..data import dataset_info
             raise MissingData(key, None, f"{DATA_NOT_PRESENT}: {dataset_info(NEEDS_DATA[key]).paper_name}")
         if found is None:
             notebook = PRODUCER[key]

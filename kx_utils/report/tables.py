@@ -213,7 +213,7 @@ def build_tables(results: Results) -> tuple[dict[str, pd.DataFrame], dict[str, s
         if spec.prepare:
             ours, paper_rows, rows, row_names, spec = spec.prepare(ours, paper_rows, row_names, spec)
         frame = comparison_frame(ours, paper_rows, spec, row_names, rows)
-        tables[spec.key] = mark_not_present(frame, not_present_rows(results, row_names))
+        tables[spec.key] = mark_not_present(frame, not_present_rows(results, row_names, spec.key))
     for key, _ in OURS_ONLY_TABLES:
         found = results.find(key)
         if isinstance(found, dict) and found and all(isinstance(r, dict) for r in found.values()):
@@ -221,13 +221,21 @@ def build_tables(results: Results) -> tuple[dict[str, pd.DataFrame], dict[str, s
     return tables, missing
 
 
-def not_present_rows(results: Results, row_names: Mapping[str, str]) -> set[str]:
+# tables whose victims the profile's plan chooses (None there: every victim), so that a row the plan
+# leaves out is not said to lack its data
+PLANNED_VICTIMS = {"table7": lambda settings: (settings.get("section5") or {}).get("table7_victims")}
+
+
+def not_present_rows(results: Results, row_names: Mapping[str, str], table: str = "") -> set[str]:
     """The shown names of the rows whose data was not present: victims (``diabetic5``, and Table 4's
-    ``diabetic5/<method>``) or datasets (Table 1) the notebooks ran without."""
+    ``diabetic5/<method>``) or datasets (Table 1) the notebooks ran without, among those the table covers."""
     from ..victims import VICTIMS
 
     absent = set(results.data_not_present)
     keys = absent | {k for k, spec in VICTIMS.items() if spec.dataset in absent}
+    planned = PLANNED_VICTIMS[table](results.profile_settings()) if table in PLANNED_VICTIMS else None
+    if planned is not None:
+        keys &= set(planned)
     return {name for row, name in row_names.items() if row.split("/")[0] in keys}
 
 
