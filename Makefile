@@ -36,12 +36,14 @@ test-gpu: setup
 		notebooks/02_knockoff.ipynb notebooks/03_detection.ipynb --nbval-lax -p no:cacheprovider
 
 # on a CUDA machine: training and inference throughput of the paper profile's models at 224 px (random
-# weights and images: no data needed), printed and kept as $(BENCH_GPU).md and $(BENCH_GPU).json
+# weights and images: no data needed), printed and kept as $(BENCH_GPU).md and $(BENCH_GPU).json;
+# BENCH_GPU_FLAGS adds options, e.g. "--seconds 1 --no-compile" where device time is short
 BENCH_GPU ?= runs/bench/cuda-paper
+BENCH_GPU_FLAGS ?=
 bench-gpu: setup
 	mkdir -p $(dir $(BENCH_GPU))
 	$(BIN)/python -m kx_utils bench --device cuda --profile paper --no-accuracy \
-		--out $(BENCH_GPU).md --json $(BENCH_GPU).json
+		--out $(BENCH_GPU).md --json $(BENCH_GPU).json $(BENCH_GPU_FLAGS)
 
 mini: setup
 	$(BIN)/python -m kx_utils reproduce --profile mini
