@@ -45,12 +45,14 @@ test-reliability: setup
 	$(BIN)/python -m pytest tests/test_reliability.py -m reliability -p no:cacheprovider
 
 # on a CUDA machine: training and inference throughput of the paper profile's models at 224 px (random
-# weights and images: no data needed), printed and kept as $(BENCH_GPU).md and $(BENCH_GPU).json
+# weights and images: no data needed), printed and kept as $(BENCH_GPU).md and $(BENCH_GPU).json;
+# BENCH_GPU_FLAGS adds options, e.g. "--seconds 1 --no-compile" where device time is short
 BENCH_GPU ?= runs/bench/cuda-paper
+BENCH_GPU_FLAGS ?=
 bench-gpu: setup
 	mkdir -p $(dir $(BENCH_GPU))
 	$(BIN)/python -m kx_utils bench --device cuda --profile paper --no-accuracy \
-		--out $(BENCH_GPU).md --json $(BENCH_GPU).json
+		--out $(BENCH_GPU).md --json $(BENCH_GPU).json $(BENCH_GPU_FLAGS)
 
 # the mini stand-ins missing from $KX_DATA, from their public sources, each archive checked against its pinned
 # checksum; with every folder in place nothing is downloaded or written. KX_FETCH_ARGS adds options (--mirror ...)
