@@ -40,7 +40,7 @@ test-gpu: setup
 # seeded random moments and rerun (KX_RELIABILITY_KILLS, default 20), and two smoke runs compared;
 # prints the table fault / trials / survived / data lost at the end
 test-reliability: setup
-	$(BIN)/python -m pytest tests/test_reliability.py -m reliability -p no:cacheprovider
+	$(BIN)/python -m pytest tests/test_reliability.py -m reliability -s -p no:cacheprovider
 
 mini: setup
 	$(BIN)/python -m kx_utils reproduce --profile mini
