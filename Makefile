@@ -42,7 +42,7 @@ test-gpu: setup
 # seeded random moments and rerun (KX_RELIABILITY_KILLS, default 20), and two smoke runs compared;
 # prints the table fault / trials / survived / data lost at the end
 test-reliability: setup
-	$(BIN)/python -m pytest tests/test_reliability.py -m reliability -p no:cacheprovider
+	$(BIN)/python -m pytest tests/test_reliability.py -m reliability -s -p no:cacheprovider
 
 # on a CUDA machine: training and inference throughput of the paper profile's models at 224 px (random
 # weights and images: no data needed), printed and kept as $(BENCH_GPU).md and $(BENCH_GPU).json;

@@ -96,10 +96,24 @@ def _kill_tree(root: int) -> None:
             pass
 
 
-def _run_to_end(cache: Path, runs: Path, log: Path) -> float:
+def _progress(message: str) -> None:
+    """A line on the terminal as the suite goes (make test-reliability runs pytest with -s): it runs for
+    hours, and what it measured so far should survive it being stopped."""
+    print(f"[reliability {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# exit statuses of a reproduce stopped by a signal from outside this suite (SIGINT, SIGTERM): on a shared
+# machine another user's clean-up can do that; the run is then resumed, as a user would, and said so
+INTERRUPTED_FROM_OUTSIDE = (130, -signal.SIGINT, -signal.SIGTERM)
+
+
+def _run_to_end(cache: Path, runs: Path, log: Path, resumes: int = 3) -> float:
     t0 = time.perf_counter()
-    process = _start(cache, runs, log)
-    code = process.wait()
+    for _ in range(resumes + 1):
+        code = _start(cache, runs, log).wait()
+        if code not in INTERRUPTED_FROM_OUTSIDE:
+            break
+        _progress(f"reproduce into {runs} was stopped from outside (exit {code}); resuming it")
     assert code == 0, f"reproduce failed (exit {code}); its output: {log}\n{log.read_text()[-3000:]}"
     return time.perf_counter() - t0
 
@@ -145,16 +159,8 @@ def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
     wall = _run_to_end(root / "cache", root / "runs", root / "log.txt")
     assert not _unloadable(root / "cache")
+    _progress(f"uninterrupted smoke run: {wall:.0f} s")
     return _results(root / "runs"), wall
-
-
-def test_two_smoke_runs_with_the_same_seed_give_identical_numbers(uninterrupted, tmp_path, fault_ledger):
-    reference, _ = uninterrupted
-    _run_to_end(tmp_path / "cache", tmp_path / "runs", tmp_path / "log.txt")
-    differences = _differences(_results(tmp_path / "runs"), reference)
-    fault_ledger("determinism: a second smoke run from an empty cache, same seed (CPU)", 1,
-                 int(not differences), int(bool(differences)))
-    assert not differences, "\n".join(differences[:40])
 
 
 def test_sigkill_at_seeded_random_moments_then_rerun_loses_nothing(uninterrupted, tmp_path, fault_ledger):
@@ -180,11 +186,18 @@ def test_sigkill_at_seeded_random_moments_then_rerun_loses_nothing(uninterrupted
                 unloadable = _unloadable(cache)
                 storm_kills.append(not unloadable)
                 problems += [f"storm {storms}, kill after {delay:.1f}s: {u}" for u in unloadable]
+                _progress(f"kill {kills} (storm {storms}) after {delay:.1f} s: {len(unloadable)} unloadable, "
+                          f"{sum(1 for _ in cache.rglob('*.tmp'))} temporary file(s) left")
+                continue
+            if ended in INTERRUPTED_FROM_OUTSIDE:
+                _progress(f"storm {storms}: a run was stopped from outside (exit {ended}); resuming")
+                ended = None
         if ended is None:
             _run_to_end(cache, runs, log)  # the rerun after the storm's last kill
         else:
             assert ended == 0, f"reproduce failed (exit {ended}); its output: {log}\n{log.read_text()[-3000:]}"
         differences = _differences(_results(runs), reference)
+        _progress(f"storm {storms} ended: {len(storm_kills)} kill(s), {len(differences)} difference(s)")
         problems += [f"storm {storms}: results differ at {d}" for d in differences[:20]]
         problems += [f"storm {storms}, after its last run: {u}" for u in _unloadable(cache)]
         survived += sum(storm_kills) if not differences else 0
@@ -193,3 +206,13 @@ def test_sigkill_at_seeded_random_moments_then_rerun_loses_nothing(uninterrupted
                  kills, survived, lost)
     assert not problems, "\n".join(problems)
     assert (survived, lost) == (kills, 0)
+
+
+def test_two_smoke_runs_with_the_same_seed_give_identical_numbers(uninterrupted, tmp_path, fault_ledger):
+    reference, _ = uninterrupted
+    wall = _run_to_end(tmp_path / "cache", tmp_path / "runs", tmp_path / "log.txt")
+    differences = _differences(_results(tmp_path / "runs"), reference)
+    _progress(f"second smoke run: {wall:.0f} s, {len(differences)} difference(s) from the first")
+    fault_ledger("determinism: a second smoke run from an empty cache, same seed (CPU)", 1,
+                 int(not differences), int(bool(differences)))
+    assert not differences, "\n".join(differences[:40])
