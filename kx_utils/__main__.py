@@ -5,129 +5,33 @@
     python -m kx_utils reproduce --profile paper --plan    # what is missing; trains nothing
     python -m kx_utils report --profile mini               # figures/mini/ from runs/mini/*.json
     python -m kx_utils plan --profile paper                # same as reproduce --plan
+    python -m kx_utils grid --profile mini --executor ray  # every artifact the notebooks need, in parallel
+    python -m kx_utils reproduce --profile mini --grid     # the grid first, then the notebooks (no training)
     python -m kx_utils artifacts                           # do artifact versions follow their code?
     python -m kx_utils artifacts --record                  # rewrite tests/artifact_sources.json
+    python -m kx_utils data fetch --profile mini           # download and build the missing stand-ins
+    python -m kx_utils data status --profile mini          # which data folders are there
 
 Exit status: 0 done, 1 a notebook failed, the plan found something missing, the
-pipeline state cannot be read or an artifact kind's source changed without its
-version, 2 bad usage (an unknown profile, notebook or override).
+pipeline state cannot be read, the disk is full or an artifact kind's source changed
+without its version, 2 bad usage (an unknown profile, notebook or override, or an
+override of the wrong type or out of range), 3 another ``reproduce`` holds the runs
+folder or the cache.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
 from .profiles import PROFILES, ProfileError, get_profile
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
-# ---------------------------------------------------------------- artifact versions and their source
-
-# The modules that register artifact kinds (kx_utils.artifacts.artifact_kind); importing them fills
-# ARTIFACT_KINDS and ARTIFACT_OWNERS.
-PRODUCING_MODULES = ("kx_utils.detect", "kx_utils.victims", "kx_utils.attack", "kx_utils.data")
-RECORD_COMMAND = "python -m kx_utils artifacts --record"
-
-
-def artifact_sources_path() -> Path:
-    from .artifacts import REPO_ROOT
-    return REPO_ROOT / "tests" / "artifact_sources.json"
-
-
-def artifact_sources() -> dict[str, dict]:
-    """kind -> {version, module, source, sha256}: each artifact kind of kx_utils, its version and the
-    content hash of the source file of the module that registers (owns) it."""
-    from .artifacts import ARTIFACT_KINDS, ARTIFACT_OWNERS, REPO_ROOT
-
-    for name in PRODUCING_MODULES:
-        importlib.import_module(name)
-    out = {}
-    for kind in sorted(ARTIFACT_KINDS):
-        owner = ARTIFACT_OWNERS.get(kind, "?")
-        if owner != "kx_utils" and not owner.startswith("kx_utils."):
-            continue  # a kind a test registers for itself
-        source = Path(sys.modules[owner].__file__).resolve()
-        try:
-            shown = source.relative_to(REPO_ROOT).as_posix()
-        except ValueError:
-            shown = str(source)
-        out[kind] = {"version": ARTIFACT_KINDS[kind], "module": owner, "source": shown,
-                     "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
-    return out
-
-
-def record_artifact_sources(path: Path | None = None) -> Path:
-    """Write the current kinds, versions and source hashes to ``tests/artifact_sources.json``."""
-    from .artifacts import atomic_write_text
-
-    path = Path(path or artifact_sources_path())
-    document = {"about": "Each artifact kind's version and the sha256 of the module that registers it. "
-                         "tests/test_artifacts.py fails when a module changed but its kinds' versions did "
-                         f"not: bump the version, or re-record with `{RECORD_COMMAND}` when the change "
-                         "cannot alter what the kind stores (kx_utils/artifacts.py states the rule).",
-                "kinds": artifact_sources()}
-    atomic_write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n")
-    return path
-
-
-def artifact_source_problems(recorded: dict, current: dict | None = None) -> list[str]:
-    """Why the record ``recorded`` (the ``kinds`` of the JSON) does not match the code; [] when it does."""
-    current = artifact_sources() if current is None else current
-    rerecord = f"re-record with `{RECORD_COMMAND}`"
-    problems = []
-    for kind, now in current.items():
-        was = recorded.get(kind)
-        where = f"{now['module']} ({now['source']})"
-        if was is None:
-            problems.append(f"artifact kind {kind!r} of {where}, version {now['version']}, is not recorded: "
-                            f"{rerecord}")
-        elif was.get("module") != now["module"]:
-            problems.append(f"artifact kind {kind!r} is now registered by {now['module']}, recorded as "
-                            f"{was.get('module')}: bump its version in {now['source']} if what it stores "
-                            f"may have changed, then {rerecord}")
-        elif now["version"] < was.get("version", 0):
-            problems.append(f"artifact kind {kind!r} went down from version {was.get('version')} to "
-                            f"{now['version']} in {now['source']}: versions only go up (an old version "
-                            "would reach artifacts of older code); bump it past the recorded one")
-        elif now["version"] > was.get("version", 0):
-            problems.append(f"artifact kind {kind!r} was bumped from version {was.get('version')} to "
-                            f"{now['version']} in {now['source']}: {rerecord} so that the record follows")
-        elif now["sha256"] != was.get("sha256"):
-            problems.append(f"{now['source']} changed but its artifact kind {kind!r} is still version "
-                            f"{now['version']}: bump the version in {now['module']} "
-                            f"(artifact_kind({kind!r}, {now['version'] + 1})) if the change could alter "
-                            f"what it stores; if it cannot, {rerecord}")
-    for kind in sorted(set(recorded) - set(current)):
-        problems.append(f"artifact kind {kind!r} is recorded but no module registers it any more: {rerecord}")
-    return problems
-
-
-def _artifacts(record: bool) -> int:
-    path = artifact_sources_path()
-    if record:
-        record_artifact_sources(path)
-        print(f"recorded {len(artifact_sources())} artifact kinds in {path}")
-        return EXIT_OK
-    try:
-        with open(path) as f:
-            recorded = json.load(f)["kinds"]
-    except FileNotFoundError:
-        print(f"error: {path} is missing: `{RECORD_COMMAND}` writes it", file=sys.stderr)
-        return EXIT_FAILED
-    except (ValueError, KeyError, TypeError) as exc:
-        print(f"error: {path} cannot be read ({exc!r}): `{RECORD_COMMAND}` rewrites it", file=sys.stderr)
-        return EXIT_FAILED
-    problems = artifact_source_problems(recorded)
-    for problem in problems:
-        print(f"STALE  {problem}")
-    if not problems:
-        print(f"ok: every artifact kind's version matches its source ({path})")
-    return EXIT_FAILED if problems else EXIT_OK
+from .artifact_sources import check_artifact_sources
 
 
 def _profile_argument(parser: argparse.ArgumentParser) -> None:
@@ -157,9 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--overrides", metavar="JSON", default=None,
                      help='profile values to change, as JSON, e.g. \'{"transfer_budget": 3000}\'')
     rep.add_argument("--plan", action="store_true",
-                     help="check that datasets and weights are present and print what would be trained; "
-                          "trains nothing")
+                     help="check that datasets and weights are present, print what would be trained and the "
+                          "GPU-hours it needs; trains nothing")
+    _projection_arguments(rep)
     rep.add_argument("--no-report", action="store_true", help="do not regenerate figures/<profile>/ afterwards")
+    rep.add_argument("--grid", action="store_true",
+                     help="compute every artifact first with the experiment grid (see `grid`), then run the "
+                          "notebooks with training forbidden")
+    _grid_arguments(rep)
+
+    grid = sub.add_parser("grid", help="compute every artifact the notebooks need, in parallel with Ray",
+                          description="The experiment grid: every victim, transfer set, surrogate (every seed) "
+                                      "and detector the profile's notebooks need, as tasks with dependencies, "
+                                      "computed into the shared cache. A failed task is reported with its "
+                                      "settings and the rest go on; a rerun computes what is still missing.")
+    _profile_argument(grid)
+    grid.add_argument("--overrides", metavar="JSON", default=None, help="profile values to change, as JSON")
+    grid.add_argument("--only", nargs="+", metavar="NOTEBOOK",
+                      help="the tasks of these notebooks (and what they need) only")
+    grid.add_argument("--list", action="store_true", help="list the tasks and which are in the cache; compute nothing")
+    _grid_arguments(grid)
 
     report = sub.add_parser("report", help="regenerate figures/<profile>/ from runs/<profile>/*.json",
                             description="Regenerate tables (CSV, Markdown), figures (PNG, PDF) and report.md "
@@ -170,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="same as `reproduce --plan`")
     _profile_argument(plan)
     plan.add_argument("--overrides", metavar="JSON", default=None, help="profile values to change, as JSON")
+    _projection_arguments(plan)
 
     bench = sub.add_parser("bench", help="training and inference throughput of the profile's models, and the "
                                          "accuracy of each surrogate path",
@@ -178,13 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
                                        "batch sizes, partial fine-tuning from cached activations), in one run, "
                                        "and train one reference surrogate per surrogate path.")
     _profile_argument(bench)
-    bench.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    bench.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                       help="cpu, cuda or auto (default: cpu)")
+    bench.add_argument("--overrides", metavar="JSON", default=None,
+                       help='profile values to change, as JSON, e.g. \'{"cuda_eval_batch_size": 2048}\'')
     bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
+    bench.add_argument("--peak-tflops", type=float, default=None, metavar="TFLOPS",
+                       help="the device's dense bf16 peak in TFLOP/s, for the %% of peak column (default: "
+                            "kx_utils.flops' table by GPU name; unknown GPUs and CPUs have none)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile candidates")
     bench.add_argument("--no-accuracy", action="store_true", help="skip the reference surrogates")
     bench.add_argument("--accuracy-epochs", type=int, default=None,
                        help="epochs of the reference surrogates (default: the profile's surrogate epochs)")
     bench.add_argument("--out", metavar="FILE", default=None, help="also write the Markdown to FILE")
+    bench.add_argument("--json", metavar="FILE", default=None,
+                       help="also write the timings as JSON to FILE (schema: kx_utils/bench_report.py)")
 
     arts = sub.add_parser("artifacts", help="check (or --record) the versions of the artifact kinds against "
                                             "their source",
@@ -194,7 +124,63 @@ def build_parser() -> argparse.ArgumentParser:
     arts.add_argument("--record", action="store_true",
                       help="rewrite tests/artifact_sources.json from the current source (only for changes that "
                            "cannot alter what a kind stores; otherwise bump the kind's version first)")
+    from .fetch.cli import add_parser as add_data_parser
+    add_data_parser(sub)
     return parser
+
+
+def _projection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bench", metavar="JSON", default=None,
+                        help="throughput measured by `bench --device cuda --json FILE` for the GPU-hours "
+                             "projection (default: stated FLOP-based defaults for an H200)")
+    parser.add_argument("--gpus", type=int, nargs="+", default=[1, 8], metavar="N",
+                        help="GPU counts of the projection (default: 1 8)")
+
+
+def _grid_arguments(parser: argparse.ArgumentParser) -> None:
+    from .executors import EXECUTORS
+    parser.add_argument("--executor", choices=EXECUTORS, default="serial",
+                        help="serial: one task at a time here; ray: in parallel on Ray (default: serial)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parallel tasks with ray (default: one per GPU, else one per core)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per task")
+    parser.add_argument("--address", default=None,
+                        help="an existing Ray cluster (e.g. ray://head:10001); default: a local one. The cache "
+                             "($KX_CACHE) and data ($KX_DATA) must be on a filesystem every worker sees")
+
+
+def _run_grid(profile_name: str, overrides: dict, args, only=None) -> bool:
+    """The grid for ``profile_name``; its report printed and saved in runs/<profile>/grid.json."""
+    from .artifacts import atomic_write_text
+    from .executors import make_executor, run_grid, shareable
+    from .grid import grid_tasks, missing_tasks
+    from .pipeline import run_dir, select_notebooks
+
+    profile = shareable(get_profile(profile_name, **overrides))
+    tasks = grid_tasks(profile, tuple(select_notebooks(only)) if only else None)
+    todo = missing_tasks(tasks, profile)
+    print(f"kx grid: profile {profile.name}, {len(tasks)} tasks, {len(tasks) - len(todo)} already in the cache")
+    executor = make_executor(args.executor, profile, args.workers, args.threads, args.address)
+    report = run_grid(todo, executor)
+    print(report.text())
+    atomic_write_text(run_dir(profile.name) / "grid.json", json.dumps(report.as_dict(), indent=1) + "\n")
+    return report.ok
+
+
+def _grid_list(profile_name: str, overrides: dict, only=None) -> int:
+    from .executors import shareable
+    from .grid import grid_tasks, missing_tasks
+    from .pipeline import select_notebooks
+
+    profile = shareable(get_profile(profile_name, **overrides))
+    tasks = grid_tasks(profile, tuple(select_notebooks(only)) if only else None)
+    todo = {t.name for t in missing_tasks(tasks, profile)}
+    for t in tasks:
+        state = "to compute" if t.name in todo else "in cache  "
+        print(f"{state}  {t.name:45s} {t.notebook:28s} after {', '.join(t.after) or '-'}")
+    print(f"{len(tasks)} tasks, {len(tasks) - len(todo)} in the cache (composite tasks always run: they load "
+          "what is cached)")
+    return EXIT_OK
 
 
 def _overrides(text: str | None) -> dict:
@@ -210,11 +196,23 @@ def _overrides(text: str | None) -> dict:
     return value
 
 
-def _plan(profile_name: str, overrides: dict) -> int:
+def _plan(profile_name: str, overrides: dict, bench: str | None = None, gpus=(1, 8)) -> int:
     from .pipeline import plan
+    from .projection import Throughput, load_bench, project
 
-    result = plan(get_profile(profile_name, **overrides))
+    profile = get_profile(profile_name, **overrides)
+    result = plan(profile)
     print(result.text())
+    try:
+        throughput = Throughput(load_bench(bench) if bench else None)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if any(n < 1 for n in gpus):
+        print(f"error: --gpus takes positive counts, got {gpus}", file=sys.stderr)
+        return EXIT_USAGE
+    print()
+    print(project(profile, throughput, tuple(gpus)).text())
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -268,40 +266,74 @@ def _report(profile_name: str, out=None) -> int:
 def _bench(args) -> int:
     from .artifacts import atomic_write_text
     from .bench import run_bench
+    from .bench_report import document, run_markdown
+    from .devices import CudaUnavailableError
 
     try:
-        profile = get_profile(args.profile)
+        profile = get_profile(args.profile, **_overrides(args.overrides))
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        print(f"error: --peak-tflops must be a positive number of TFLOP/s, got {args.peak_tflops}", file=sys.stderr)
+        return EXIT_USAGE
     frozen = tuple(sorted({0, 4, 7, 14, profile.surrogate_frozen_blocks}))
-    text = run_bench(profile, args.device, args.seconds, compile_model=not args.no_compile,
-                     accuracy_victims=() if args.no_accuracy else ("caltech", "gtsrb"), frozen=frozen,
-                     accuracy_epochs=args.accuracy_epochs, progress=lambda m: print(m, file=sys.stderr))
+    try:
+        run = run_bench(profile, args.device, args.seconds, compile_model=not args.no_compile,
+                        accuracy_victims=() if args.no_accuracy else ("caltech", "gtsrb"), frozen=frozen,
+                        accuracy_epochs=args.accuracy_epochs, peak_tflops=args.peak_tflops,
+                        progress=lambda m: print(m, file=sys.stderr))
+    except CudaUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    text = run_markdown(run)
     print(text)
     if args.out:
         atomic_write_text(Path(args.out), text + "\n")
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(document(run), indent=1) + "\n")
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .pipeline import CorruptStateError, NotebookFailed, PipelineError, reproduce
+    from .artifacts import DiskFullError
+    from .pipeline import (CorruptStateError, NotebookFailed, PipelineError, RunInProgress, reproduce,
+                           select_notebooks)
 
     args = build_parser().parse_args(argv)
     if args.command == "artifacts":
-        return _artifacts(args.record)
+        return check_artifact_sources(args.record)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "data":
+        from .fetch.cli import run as run_data
+        return run_data(args)
     try:
         overrides = _overrides(getattr(args, "overrides", None))
         get_profile(args.profile, **overrides)
         if args.command == "plan" or (args.command == "reproduce" and args.plan):
-            return _plan(args.profile, overrides)
+            return _plan(args.profile, overrides, args.bench, args.gpus)
         if args.command == "report":
             return _report(args.profile, args.out)
+        select_notebooks(args.only)  # an unknown name is a usage error before the data check
+        if args.command == "grid" and args.list:
+            return _grid_list(args.profile, overrides, args.only)
         if not _data_present(args.profile, overrides, partial=bool(args.only)):
             return EXIT_FAILED
         _terminate_as_interrupt()
+        if args.command == "grid":
+            try:
+                return EXIT_OK if _run_grid(args.profile, overrides, args, args.only) else EXIT_FAILED
+            except KeyboardInterrupt:
+                print("\nkx grid interrupted: rerun the same command to compute what is still missing",
+                      file=sys.stderr)
+                return 130
+        if args.grid:
+            if not _run_grid(args.profile, overrides, args, args.only):
+                print("kx reproduce: the grid had failures (above); the notebooks were not run", file=sys.stderr)
+                return EXIT_FAILED
+            from .train import NO_TRAINING_ENV
+            os.environ[NO_TRAINING_ENV] = "1"  # the notebooks load what the grid made, or say what it missed
         try:
             reproduce(args.profile, only=args.only, force=args.force, overrides=overrides)
         except NotebookFailed as exc:
@@ -316,9 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except CorruptStateError as exc:  # not a usage error: a file to repair or delete
+    except (CorruptStateError, DiskFullError) as exc:  # not a usage error: a file to repair, a disk to free
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except RunInProgress as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

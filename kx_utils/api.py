@@ -43,6 +43,16 @@ def format_answers(probs: torch.Tensor, mode: str, k: int = 1, decimals: int = 1
     raise ValueError(f"unknown answer mode {mode!r}; valid modes: {', '.join(MODES)}")
 
 
+def api_description(mode: str, k: int = 1, decimals: int = 1) -> dict:
+    """The answer format as it enters a transfer set's settings (only the parameters the mode uses)."""
+    d = {"mode": mode}
+    if mode == "topk":
+        d["k"] = k
+    if mode == "rounded":
+        d["decimals"] = decimals
+    return d
+
+
 def answered_rows(answers: torch.Tensor) -> torch.Tensor:
     """Mask of the queries the API answered (a refused query is a row of NaN)."""
     return ~torch.isnan(answers).any(1)
@@ -91,12 +101,7 @@ class PredictionAPI:
         self.query_count = 0
 
     def describe(self) -> dict:
-        d = {"mode": self.mode}
-        if self.mode == "topk":
-            d["k"] = self.k
-        if self.mode == "rounded":
-            d["decimals"] = self.decimals
-        return d
+        return api_description(self.mode, self.k, self.decimals)
 
     def respond(self, images: torch.Tensor) -> Response:
         """Answer a batch of uint8 (or [0, 1] float) images."""

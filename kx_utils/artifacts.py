@@ -3,9 +3,15 @@
 Each artifact is a ``torch.save`` file keyed by the hash of the settings that
 made it, so that a later notebook reuses what an earlier one computed and any
 notebook can run alone.  Files are written to a temporary name and renamed into
-place, so a crash or a kill never leaves a file that a later run trusts.  They
+place, so a crash or a kill never leaves a file that a later run trusts; a full
+disk is a :class:`DiskFullError` that names the file and leaves nothing behind.
+Each file carries the sha256 of its payload and the name of the artifact it holds
+(:mod:`kx_utils.integrity`), checked on every load before anything is unpickled:
+a file that fails (truncated, damaged, empty, another artifact's) is moved aside
+with an :class:`ArtifactWarning` naming it, and the caller recomputes it.  Files
 are read with ``weights_only=True``: artifacts hold tensors, numbers, strings,
-lists and dicts only.
+lists and dicts only.  Concurrent writers of one key are safe: each renames a
+complete file into place, and the last one wins.
 
 Versions: the rule
 ------------------
@@ -27,7 +33,11 @@ something is the version of the artifact's kind.
 * A change that cannot alter the stored artifacts (a comment, a message, a
   refactoring that computes the same values) keeps the version.
 * :data:`ARTIFACT_VERSION` is the store's own version: bump it only when the key
-  scheme or the file format changes, which invalidates every kind at once.
+  scheme or the file format changes, which invalidates every kind at once.  A new
+  file format that the reader tells apart from the old one needs no bump: the
+  checksum header of :mod:`kx_utils.integrity` came without one, and files written
+  before it are rejected by their first bytes (with one warning per cache) and
+  recomputed, rather than left behind unreachable.
 
 ``tests/test_artifacts.py`` enforces the rule for the owners' own source:
 ``tests/artifact_sources.json`` records each kind's version and the sha256 of the
@@ -41,15 +51,17 @@ owner calls: for those the rule above is the author's to apply.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from . import integrity
 
 # Bump when a change to the store itself (the key or the file format) makes every artifact wrong.
 ARTIFACT_VERSION = 2
@@ -112,35 +124,119 @@ def settings_key(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class DiskFullError(OSError):
+    """The disk filled up while writing a file: nothing was written; the message says where."""
+
+
+class CorruptArtifactError(RuntimeError):
+    """An artifact whose bytes verify but that ``weights_only`` refuses: the code that stored it is wrong."""
+
+
+class ArtifactWarning(UserWarning):
+    """A cached file failed verification (or predates checksums) and is recomputed."""
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are ordinary files
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            _discard(tmp)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(exc.errno, f"no space left on the disk of {path.parent} while writing "
+                                           f"{path.name}: nothing was written (the partial file is removed). "
+                                           "Free space there, or point KX_CACHE (artifacts) or KX_RUNS "
+                                           "(results) at a disk with room, then rerun") from exc
+        raise
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            _discard(tmp)
         raise
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    atomic_write_bytes(Path(path), lambda f: torch.save(obj, f))
+    """``torch.save`` ``obj`` to ``path`` with its checksum header (:mod:`kx_utils.integrity`), atomically."""
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: integrity.dump(obj, f, integrity.identity_of(path)))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
 
 
-class CorruptArtifactError(RuntimeError):
-    pass
+# caches (a kind folder's parent) already warned about files written before checksums, this process
+_LEGACY_WARNED: set[Path] = set()
+
+
+def _still_the_same_file(path: Path, seen: os.stat_result | None) -> bool:
+    """Whether ``path`` is still the file that failed: a concurrent writer may have renamed a good
+    one into place since, which must not be set aside."""
+    try:
+        return seen is not None and os.path.samestat(os.stat(path), seen)
+    except FileNotFoundError:
+        return False
+
+
+def load_verified(path: str | os.PathLike, what: str) -> Any | None:
+    """The object in the checked file ``path``; None when there is none or when it fails verification.
+
+    A damaged file is renamed to ``<name>.corrupt`` (kept for a look) and a file written before
+    checksums is removed, each with an :class:`ArtifactWarning` that names it and ``what`` it held
+    (one warning per cache for the old files): either way the caller recomputes it.  A file that
+    verifies but holds objects ``weights_only`` refuses raises :class:`CorruptArtifactError`:
+    recomputing would store the same again.
+    """
+    path = Path(path)
+    try:
+        return integrity.load(path)
+    except FileNotFoundError:
+        return None
+    except integrity.LegacyFile as exc:
+        if _still_the_same_file(path, exc.stat):
+            path.unlink(missing_ok=True)
+        cache = path.parent.parent
+        if cache not in _LEGACY_WARNED:
+            _LEGACY_WARNED.add(cache)
+            warnings.warn(f"{what} {path} was {exc.reason}: it is not trusted, removed and recomputed; "
+                          f"every such file in {cache} is treated the same, without another warning",
+                          ArtifactWarning, stacklevel=2)
+        return None
+    except integrity.UnverifiedFile as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        if _still_the_same_file(path, exc.stat):
+            os.replace(path, aside)
+            where = f"moved aside to {aside.name}"
+        else:
+            where = "already set aside or replaced by another process"
+        warnings.warn(f"{what} {path} failed verification ({exc.reason}); {where}; it is recomputed",
+                      ArtifactWarning, stacklevel=2)
+        return None
+    except OSError:  # unreadable for another reason (permissions, I/O): not a verdict on the bytes
+        raise
+    except Exception as exc:  # noqa: BLE001 - verified bytes that weights_only refuses
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+        raise CorruptArtifactError(
+            f"{what} {path} verifies but cannot be loaded with weights_only=True ({detail}): the code that "
+            "stored it saved something other than tensors, numbers, strings, lists and dicts; fix that "
+            "code, then delete the file") from exc
 
 
 class ArtifactStore:
@@ -156,18 +252,12 @@ class ArtifactStore:
         return self.root / kind / f"{settings_key({'kind_version': ARTIFACT_KINDS[kind], 'settings': settings})}.pt"
 
     def exists(self, kind: str, settings: dict) -> bool:
+        """Whether a file is there (unverified: :meth:`load` checks it)."""
         return self.path(kind, settings).is_file()
 
     def load(self, kind: str, settings: dict) -> Any | None:
-        path = self.path(kind, settings)
-        if not path.is_file():
-            return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a file that fails to load is never trusted
-            raise CorruptArtifactError(
-                f"artifact {path} cannot be read ({exc}); delete it and rerun to recompute it"
-            ) from exc
+        """The artifact, or None when it is missing or fails verification (see :func:`load_verified`)."""
+        return load_verified(self.path(kind, settings), f"{kind} artifact")
 
     def save(self, kind: str, settings: dict, obj: Any) -> Path:
         path = self.path(kind, settings)

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .api import PredictionAPI, answered_rows, answers_to_targets
+from .api import PredictionAPI, answered_rows, answers_to_targets, api_description
 from .artifacts import ArtifactStore, artifact_kind
 from .data import ImageSet, dataset_info, resize_images
+from .devices import evaluation_batch_size
 from .models import build_model
 from .profiles import Profile, Recipe
 from .train import best_epoch, fit, per_class_accuracy, pick_device, predict_logits
-from .victims import Victim, get_victim, load_dataset_split, victim_spec
+from .victims import Victim, get_victim, load_dataset_split, victim_image_size, victim_settings, victim_spec
 
 ANSWERS = artifact_kind("answers", 1)  # a transfer set: pool indices and the API's answers
 # v2: settings name the frozen backbone blocks and whether the test set is scored every epoch
@@ -79,9 +80,45 @@ def attacker_pool(profile: Profile, pool: str = "imagenet", split: str | None = 
 
 def query_settings(profile: Profile, victim: Victim, pool: str, split: str, budget: int,
                    seed: int, replace: bool, api: dict) -> dict:
-    return {"victim": victim.settings, "pool": pool, "pool_split": split, "pool_size": profile.pool_size,
-            "standins": profile.standins, "query_size": victim.image_size, "budget": budget,
+    return _query_settings(profile, victim.settings, victim.image_size, pool, split, budget, seed, replace, api)
+
+
+def _query_settings(profile: Profile, victim_settings: dict, query_size: int, pool: str, split: str, budget: int,
+                    seed: int, replace: bool, api: dict) -> dict:
+    return {"victim": victim_settings, "pool": pool, "pool_split": split, "pool_size": profile.pool_size,
+            "standins": profile.standins, "query_size": query_size, "budget": budget,
             "seed": seed, "replace": replace, "api": api}
+
+
+def _surrogate_settings(profile: Profile, query: dict, surrogate_size: int, recipe: Recipe,
+                        validation_fraction: float, seed: int, test_curve: bool) -> dict:
+    return {"query": query, "surrogate_arch": profile.surrogate_arch,
+            "surrogate_size": surrogate_size, "recipe": recipe.as_dict(),
+            "frozen_blocks": profile.surrogate_frozen_blocks,
+            "validation_fraction": validation_fraction, "seed": seed, "test_curve": test_curve}
+
+
+def surrogate_settings(profile: Profile, victim_key: str, *, mode: str = "probs", k: int = 1, decimals: int = 1,
+                       pool: str = "imagenet", pool_split: str | None = None, budget: int | None = None,
+                       replace: bool = False, recipe: Recipe | None = None, batch_size: int | None = None,
+                       validation_fraction: float = 0.0, seed: int | None = None, test_curve: bool = True) -> dict:
+    """The settings (the cache key) of the surrogate ``knockoff(profile, victim_key, **same arguments)``
+    trains, from the settings alone: no model built, no image decoded, no query sent.
+
+    ``budget="all"`` is the pool's size, known once the pool is decoded: such a call has no key here.
+    """
+    if budget == "all":
+        raise BudgetError('budget="all" is the size of the decoded pool: its surrogate has no key before it runs')
+    seed = profile.seed if seed is None else seed
+    recipe = recipe or profile.surrogate_recipe
+    if batch_size is not None:
+        recipe = recipe.replace(batch_size=batch_size)
+    pool_split = pool_split or default_pool_split(profile, pool)
+    surrogate_size = profile.image_size[victim_spec(victim_key).dataset]
+    query = _query_settings(profile, victim_settings(profile, victim_key), victim_image_size(profile, victim_key),
+                            pool, pool_split, int(profile.transfer_budget if budget is None else budget), seed,
+                            replace, api_description(mode, k, decimals))
+    return _surrogate_settings(profile, query, surrogate_size, recipe, validation_fraction, seed, test_curve)
 
 
 def query_victim(profile: Profile, victim: Victim, api: PredictionAPI, pool_images: ImageSet,
@@ -133,16 +170,17 @@ def answer_transfer_set(profile: Profile, victim: Victim, *, mode: str = "probs"
     elif budget is None:
         budget = profile.transfer_budget
     api = PredictionAPI(victim.model, mode=mode, k=k, decimals=decimals, detector=detector,
-                        detector_action=detector_action, batch_size=profile.eval_batch_size,
+                        detector_action=detector_action, batch_size=evaluation_batch_size(profile),
                         device=profile.device)
     api_desc = api.describe()
     if detector is not None:
         api_desc = {**api_desc, "detector": getattr(detector, "name", repr(detector)),
                     "detector_action": detector_action}
     settings = query_settings(profile, victim, pool, pool_split, int(budget), seed, replace, api_desc)
-    if not store.exists(ANSWERS, settings):
-        pool_images = load_pool()
-    answered = query_victim(profile, victim, api, pool_images, settings, store, seed, replace)
+    found = store.load(ANSWERS, settings)  # verified: a damaged file is recomputed, with the pool
+    if found is not None:
+        return {**found, "queries": 0, "settings": settings}
+    answered = query_victim(profile, victim, api, load_pool(), settings, store, seed, replace)
     return {**answered, "settings": settings}
 
 
@@ -221,10 +259,8 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
                                    pool_images=pool_images)
     q_settings = answered["settings"]
 
-    s_settings = {"query": q_settings, "surrogate_arch": profile.surrogate_arch,
-                  "surrogate_size": surrogate_size, "recipe": recipe.as_dict(),
-                  "frozen_blocks": profile.surrogate_frozen_blocks,
-                  "validation_fraction": validation_fraction, "seed": seed, "test_curve": test_curve}
+    s_settings = _surrogate_settings(profile, q_settings, surrogate_size, recipe, validation_fraction, seed,
+                                     test_curve)
     blob = store.load(SURROGATE, s_settings)
     from_cache = blob is not None
     if blob is None:
@@ -278,9 +314,9 @@ def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, an
                   device=pick_device(profile.device),
                   checkpoint=store.scratch_path(SURROGATE, settings, "ckpt"),
                   progress=profile.progress, desc=f"surrogate of {victim.name}",
-                  eval_batch_size=profile.eval_batch_size, frozen_blocks=profile.surrogate_frozen_blocks,
-                  evaluate_every_epoch=test_curve)
-    pred = predict_logits(model, test.images, profile.eval_batch_size, pick_device(profile.device)).argmax(1)
+                  eval_batch_size=evaluation_batch_size(profile), frozen_blocks=profile.surrogate_frozen_blocks,
+                  evaluate_every_epoch=test_curve, compile_model=profile.compile_models)
+    pred = predict_logits(model, test.images, evaluation_batch_size(profile), pick_device(profile.device)).argmax(1)
     return {"history": history, "per_class_accuracy": per_class_accuracy(pred, test.labels, targets.shape[1]),
             "train_seconds": sum(r["train_seconds"] for r in history) or time.perf_counter() - t0,
             "train_size": len(images)}

@@ -4,41 +4,38 @@ Data lives under ``$KX_DATA`` in torchvision's ImageFolder layout,
 ``<folder>/<split>/<class>/<image>``.  Images are decoded once into a uint8
 tensor (N x 3 x H x W) that is cached as an artifact, so that no epoch ever
 decodes a JPEG again; normalisation with ImageNet's mean and standard deviation
-happens inside the models (:class:`kx_utils.models.Normalize`).
+happens inside the models (:class:`kx_utils.models.Normalize`).  Reading and
+checking a split folder, and converting every image to 8-bit RGB, is
+:mod:`kx_utils.imagefolder`'s.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from .artifacts import ArtifactStore, artifact_kind
+from .artifacts import REPO_ROOT, ArtifactStore, artifact_kind
+from .imagefolder import (IMAGE_EXTENSIONS, CorruptImageError, DataLayoutError, decode_images,  # noqa: F401
+                          folder_signature, list_image_folder)
 
-DECODED = artifact_kind("decoded", 1)  # an ImageFolder split decoded to uint8 tensors
+# v2: 16-bit greyscale PNGs keep their high byte instead of clipping to white (kx_utils.imagefolder)
+DECODED = artifact_kind("decoded", 2)  # an ImageFolder split decoded to uint8 tensors
+DEFAULT_DATA_ROOT = REPO_ROOT / "data"  # used when KX_DATA is not set (git-ignored)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset folder is missing: the message names the path and how to get the data."""
-
-
-class CorruptImageError(RuntimeError):
-    """An image file cannot be decoded: the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +56,8 @@ class DatasetInfo:
     standin_note: str
     how_to_get: str
     downloader: str | None = None  # name of a torchvision downloader in DOWNLOADERS
+    # why a run on the stand-ins may go without this one ("" = it may not): its rows then read "data not present"
+    standin_optional: str = ""
 
     def location(self, standins: bool, split: str) -> tuple[str, str]:
         folder, splits = (self.standin, self.standin_splits) if standins else (self.folder, self.splits)
@@ -94,7 +93,13 @@ DATASETS: dict[str, DatasetInfo] = {d.key: d for d in [
         standin_note="6,742 Kaggle DR 2015 images (patient-disjoint split), 64 px, no EyeNet preprocessing",
         how_to_get="accept the Kaggle competition rules and download "
                    "https://www.kaggle.com/c/diabetic-retinopathy-detection/data, preprocess as in "
-                   "https://github.com/gregwchase/dsi-capstone, and arrange diabetic5/{train,test}/<grade>/<image>"),
+                   "https://github.com/gregwchase/dsi-capstone, and arrange diabetic5/{train,test}/<grade>/<image>",
+        standin_optional="the Kaggle diabetic-retinopathy data needs a Kaggle account, so `kx_utils data fetch` "
+                         "cannot download it: accept the competition rules at "
+                         "https://www.kaggle.com/c/diabetic-retinopathy-detection/data, download train.zip.* and "
+                         "trainLabels.csv, and place 64 px RGB images as diabetic_retinopathy/{train,test}/"
+                         "{0_no_dr,1_mild,2_moderate,3_severe,4_proliferative}/<image>.jpg (the development "
+                         "machine's stand-in: 1,830 train / 454 test images, patient-disjoint)"),
     DatasetInfo(
         key="gtsrb", paper_name="GTSRB", role="victim",
         paper_classes=43, paper_train=39_209, paper_test=12_630, paper_size="32x32 / 224x224",
@@ -142,6 +147,21 @@ DATASETS: dict[str, DatasetInfo] = {d.key: d for d in [
 ]}
 
 
+def absent_optional_datasets(standins: bool, root: str | os.PathLike | None = None) -> dict[str, str]:
+    """key -> why it may be absent, for each dataset a run may go without that is not present.
+
+    Only stand-ins can be optional (``DatasetInfo.standin_optional``): the paper profile needs all.
+    Without any data folder every optional dataset is absent.
+    """
+    optional = {k: d for k, d in DATASETS.items() if standins and d.standin_optional}
+    try:
+        base = data_root(root)
+    except DatasetNotFoundError:
+        return {k: d.standin_optional for k, d in optional.items()}
+    return {k: d.standin_optional for k, d in optional.items()
+            if not all((base / d.standin / sub).is_dir() for sub in d.standin_splits.values())}
+
+
 def dataset_info(key: str) -> DatasetInfo:
     if key not in DATASETS:
         raise KeyError(f"unknown dataset {key!r}; known datasets: {', '.join(DATASETS)}")
@@ -149,13 +169,18 @@ def dataset_info(key: str) -> DatasetInfo:
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:
-    """``explicit``, else ``$KX_DATA``; an error that says how to set it when neither is given."""
+    """``explicit``, else ``$KX_DATA``, else ``<repo>/data`` where `python -m kx_utils data fetch` puts the
+    stand-ins; an error that says how to set it when none of them is a folder."""
     root = explicit or os.environ.get("KX_DATA")
     if not root:
+        if DEFAULT_DATA_ROOT.is_dir():
+            return DEFAULT_DATA_ROOT
         raise DatasetNotFoundError(
             "no data folder: set KX_DATA to the folder that holds the datasets in ImageFolder layout "
             "(<dataset>/<split>/<class>/<image>), e.g. `export KX_DATA=../shared/datasets` "
-            "on the development machine; README.md says where each dataset comes from")
+            f"on the development machine, or run `python -m kx_utils data fetch --profile mini`, which "
+            f"downloads the stand-ins into {DEFAULT_DATA_ROOT.name}/ of the repository; README.md says where "
+            "each dataset comes from")
     path = Path(root).expanduser().resolve()
     if not path.is_dir():
         raise DatasetNotFoundError(f"KX_DATA={root} is not a folder; point it at the folder that "
@@ -241,58 +266,12 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- reading folders
 
 
-def list_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Classes (sorted sub-folder names) and (relative file, label) pairs, as ImageFolder does."""
-    classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir() and not d.name.startswith("."))
-    samples = []
-    for label, cls in enumerate(classes):
-        for root, _, files in sorted(os.walk(split_dir / cls)):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                    rel = os.path.relpath(os.path.join(root, f), split_dir)
-                    samples.append((rel, label))
-    return classes, samples
-
-
-def _decode(path: Path, size: int | None) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                # shorter side to `size`, then the central square
-                w, h = im.size
-                scale = size / min(w, h)
-                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                               Image.BILINEAR, reducing_gap=None)
-                w, h = im.size
-                left, top = (w - size) // 2, (h - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-            return np.asarray(im, dtype=np.uint8).copy()
-    except Exception as exc:
-        raise CorruptImageError(f"cannot decode image {path}: {exc}. Replace or delete the file "
-                                "(a cached decode of the folder is rebuilt when its files change)") from exc
-
-
-def _folder_signature(split_dir: Path, samples: list[tuple[str, int]]) -> str:
-    h = hashlib.sha256()
-    for rel, label in samples:
-        st = os.stat(split_dir / rel)
-        h.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
 def decode_folder(split_dir: Path, size: int | None = None, workers: int | None = None) -> ImageSet:
     """Decode a whole ImageFolder split into uint8 tensors (no caching)."""
     classes, samples = list_image_folder(split_dir)
     if not samples:
         raise DatasetNotFoundError(f"no images under {split_dir}: expected <class>/<image> sub-folders")
-    paths = [split_dir / rel for rel, _ in samples]
-    if size is None:  # every image must then share one size; take it from the first
-        with Image.open(paths[0]) as im:
-            size = im.size[0]
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
-        arrays = list(pool.map(lambda p: _decode(p, size), paths))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    images = decode_images([split_dir / rel for rel, _ in samples], size, workers)
     labels = torch.tensor([label for _, label in samples], dtype=torch.long)
     return ImageSet(images, labels, classes, split_dir.name, [rel for rel, _ in samples])
 
@@ -389,8 +368,12 @@ def split_folder(key: str, split: str, standins: bool, root: str | os.PathLike |
         if not path.is_dir():
             what = f"the offline stand-in for {info.paper_name} ({info.standin_note})" if standins \
                 else info.paper_name
-            hint = ("it ships with the development machine's ../shared/datasets; point KX_DATA there"
-                    if standins else info.how_to_get)
+            hint = info.how_to_get
+            if standins:
+                hint = info.standin_optional or (
+                    "`python -m kx_utils data fetch --profile mini` downloads its public source and builds it "
+                    f"into {base} (or point KX_DATA at prepared stand-ins, e.g. ../shared/datasets on the "
+                    "development machine)")
             raise DatasetNotFoundError(
                 f"dataset folder {path} not found: expected {what} in ImageFolder layout "
                 f"{base / folder}/{sub}/<class>/<image>. To get it: {hint}")
@@ -417,7 +400,7 @@ def load_split(key: str, split: str, *, standins: bool, size: int | None = None,
         raise DatasetNotFoundError(f"dataset folder {path} holds no images: expected <class>/<image> "
                                    f"sub-folders ({dataset_info(key).how_to_get})")
     store = store or ArtifactStore()
-    settings = {"folder": str(path), "signature": _folder_signature(path, samples), "size": size}
+    settings = {"folder": str(path), "signature": folder_signature(path, samples), "size": size}
 
     def compute():
         s = decode_folder(path, size)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .artifacts import REPO_ROOT, atomic_write_text, cache_root
+from .locks import FolderBusy, exclusive
 from .profiles import Profile, get_profile
 from .results import CorruptResultsError, read_results, results_path, runs_root
 from .seeds import seeds_note
@@ -52,6 +53,10 @@ class PipelineError(RuntimeError):
 
 class CorruptStateError(PipelineError):
     """``pipeline.json`` exists but cannot be read: the message names it and what to do."""
+
+
+class RunInProgress(PipelineError):
+    """Another ``reproduce`` holds the runs folder or the cache: the message names it."""
 
 
 class NotebookFailed(PipelineError):
@@ -259,30 +264,28 @@ def _cell_error(exc) -> tuple[str, dict]:
 
 
 @contextlib.contextmanager
-def _exclusive(folder: Path):
-    """Refuse a second concurrent run of the same profile (the lock is released on a kill)."""
+def _exclusive(folder: Path, cache: Path, profile_name: str):
+    """Refuse a second concurrent run on the same runs folder or the same cache: two runs of one
+    profile would overwrite each other's notebooks, and two runs on one cache (``KX_CACHE``
+    shared by two runs folders) would train and write the same artifacts at once.  The locks are
+    released however the run ends, ``kill -9`` included (:mod:`kx_utils.locks`)."""
+    purpose = f"kx_utils reproduce --profile {profile_name} into {folder} with the cache {cache}"
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".pipeline.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise PipelineError(f"another `kx_utils reproduce` is running on {folder}; wait for it "
-                                "to end (two runs would overwrite each other's notebooks)") from None
-        try:
+        with exclusive(folder / ".pipeline.lock", purpose,
+                       "wait for it to end (two runs would overwrite each other's notebooks)"), \
+                exclusive(cache / ".reproduce.lock", purpose,
+                          "wait for it to end, or give this run a cache of its own with KX_CACHE=<folder> "
+                          "(two runs would write the same artifacts at once)"):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except FolderBusy as exc:
+        raise RunInProgress(f"another `kx_utils reproduce` is running: {exc}") from None
 
 
 def _count_files(root: Path) -> int:
+    """Files under ``root``, hidden ones (the lock, temporary files of a write) aside."""
     count = 0
     for _, _, files in os.walk(root):
-        count += len(files)
+        count += sum(not name.startswith(".") for name in files)
     return count
 
 
@@ -331,7 +334,7 @@ def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool 
     cache = cache_root(profile.cache_root)
     package = package_fingerprint(package_root)  # once: an edit during the run counts from the next one
 
-    with _exclusive(folder), _runs_folder_for_notebooks(runs):
+    with _exclusive(folder, cache, profile.name), _runs_folder_for_notebooks(runs):
         state = load_state(profile.name, runs)
         invocation = {"started": _now(), "only": selected if only else None, "force": force,
                       "overrides": overrides, "ran": [], "reused": [], "status": "running",
@@ -440,6 +443,7 @@ class Plan:
     present: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # each: what is missing and how to get it
     warnings: list[str] = field(default_factory=list)  # present but not as the paper's
+    optional: list[str] = field(default_factory=list)  # absent, and the run goes on without it
 
     @property
     def ok(self) -> bool:
@@ -449,7 +453,10 @@ class Plan:
         out = [f"kx plan for profile {self.profile}", *self.lines, "", "Checked present:"]
         out += [f"  ok  {p}" for p in self.present] or ["  (nothing)"]
         if self.warnings:
-            out += ["", "Present, but smaller than the paper's:"] + [f"  WARNING  {w}" for w in self.warnings]
+            out += ["", "Present, but not as expected:"] + [f"  WARNING  {w}" for w in self.warnings]
+        if self.optional:
+            out += ["", "Optional, not present (the run goes on without them; their rows read \"data not "
+                        "present\"):"] + [f"  OPTIONAL  {o}" for o in self.optional]
         out += ["", "Missing:" if self.missing else "Missing: nothing; the run can start."]
         out += [f"  MISSING  {m}" for m in self.missing]
         if self.missing:
@@ -492,7 +499,7 @@ def plan(profile: Profile) -> Plan:
 
     Checks folders and weight files only: no dataset is decoded, no model built.
     """
-    from .data import DATASETS, DatasetNotFoundError, data_root, list_image_folder, split_folder
+    from .data import DATASETS, DataLayoutError, DatasetNotFoundError, data_root, list_image_folder, split_folder
     from .models import MissingWeightsError, resolve_weights
     from .victims import PRETRAINED_VICTIMS, VICTIMS, victim_arch, victim_image_size, \
         victim_name, victim_recipe
@@ -536,19 +543,31 @@ def plan(profile: Profile) -> Plan:
     if root is not None:
         for key, info in DATASETS.items():
             splits = info.standin_splits if p.standins else info.splits
+            if p.standins and info.standin_optional and not all((root / info.standin / s).is_dir()
+                                                                for s in splits.values()):
+                out.optional.append(f"dataset {info.paper_name} ({info.standin}): {info.standin_optional}")
+                continue
             for split in splits:
                 try:
                     path = split_folder(key, split, p.standins, root, allow_download=False)
                 except DatasetNotFoundError as exc:
                     out.missing.append(f"dataset {info.paper_name} ({key}) split {split}: {exc}")
                     continue
-                out.present.append(f"dataset {info.paper_name} {split}: {path}")
                 expected = {"train": info.paper_train, "test": info.paper_test}.get(split)
+                found = None
                 if not p.standins and expected:  # a subset in the paper's place would not reproduce it
-                    found = len(list_image_folder(path)[1])
-                    if found < expected:
-                        out.warnings.append(f"dataset {info.paper_name} {split} at {path} holds {found:,} "
-                                            f"images, the paper's has {expected:,} ({info.how_to_get})")
+                    try:
+                        found = len(list_image_folder(path)[1])
+                    except DataLayoutError as exc:
+                        out.missing.append(f"dataset {info.paper_name} ({key}) split {split}: {exc}")
+                        continue
+                out.present.append(f"dataset {info.paper_name} {split}: {path}")
+                if found is not None and found < expected:
+                    out.warnings.append(f"dataset {info.paper_name} {split} at {path} holds {found:,} "
+                                        f"images, the paper's has {expected:,} ({info.how_to_get})")
+
+        if p.standins:
+            _check_standin_folders(out, root)
 
     # weights: every pretrained model the profile uses (scratch detectors need none)
     for arch in dict.fromkeys([p.backbone, p.surrogate_arch, *p.detector_cv_archs]):
@@ -557,3 +576,17 @@ def plan(profile: Profile) -> Plan:
         except MissingWeightsError as exc:
             out.missing.append(f"ImageNet weights of {arch}: {exc}")
     return out
+
+
+def _check_standin_folders(out: Plan, root: Path) -> None:
+    """A fetched stand-in that lost files is missing; one placed by hand that is not the stand-in, or
+    fetched from another spec, is a warning (:mod:`kx_utils.fetch`)."""
+    from .fetch import standin_states
+
+    for state in standin_states(root).values():
+        problems = f" ({'; '.join(state.problems)})" if state.problems else ""
+        if state.state == "damaged":
+            out.missing.append(f"dataset folder {state.path} is damaged{problems}: rebuild it with `python -m "
+                               f"kx_utils data fetch --profile {out.profile} --rebuild`")
+        elif state.state in ("foreign", "stale"):
+            out.warnings.append(f"dataset folder {state.path}: {state.detail}{problems}")

@@ -4,7 +4,9 @@ A notebook's ``parameters`` cell names a profile and may override any of its
 values one by one (``get_profile("mini", transfer_budget=3000)``).  Every size,
 epoch count, learning rate and model choice of a run comes from here, the sizes of
 the Section 5 experiments (:class:`Section5Plan`) included, so that a result can
-always be traced back to the profile that produced it.
+always be traced back to the profile that produced it.  Every value is checked on
+construction (:mod:`kx_utils.profile_checks`): an override of the wrong type or out
+of range, a negative epoch count say, is a :class:`ProfileError` naming it.
 
 ``paper`` holds the paper's settings; ``mini`` is written as the changes it makes to
 ``paper`` (each with its reason), and ``smoke`` as the changes it makes to ``mini``,
@@ -17,12 +19,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .profile_checks import choice_problem, field_problems
+
 
 VICTIM_KEYS = ("caltech", "cubs", "diabetic5", "gtsrb", "cifar10", "gtsrb_5l", "cifar10_9l")
 
 
 class ProfileError(ValueError):
-    """An unknown profile name or override key."""
+    """An unknown profile name or override key, or a value of the wrong type or out of range."""
+
+
+OPTIMIZERS = ("sgd", "adam")
+AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,16 @@ class Recipe:
     milestones: tuple[float, ...] = (0.3, 0.6, 0.9)
     gamma: float = 0.1
     warmup_fraction: float = 0.0  # linear warm-up, as a fraction of the run
-    augment: str = "none"  # "none" | "crop" | "crop_flip"
+    augment: str = "none"  # one of AUGMENTATIONS
+
+    def __post_init__(self):
+        problems = field_problems(self, fractions=("milestones", "warmup_fraction"))
+        problems += choice_problem("optimizer", self.optimizer, OPTIMIZERS)
+        problems += choice_problem("augment", self.augment, AUGMENTATIONS)
+        if not problems and self.lr == 0:
+            problems.append("lr must be above 0, got 0")
+        if problems:
+            raise ProfileError("; ".join(problems))
 
     def replace(self, **changes: Any) -> "Recipe":
         return dataclasses.replace(self, **changes)
@@ -90,6 +107,11 @@ class Section5Plan:
     budget_curve_victims: tuple[str, ...] = ()
     budget_curve_budgets: tuple[int | str, ...] = ()
 
+    def __post_init__(self):
+        problems = field_problems(self)
+        if problems:
+            raise ProfileError("section5: " + "; ".join(problems))
+
     def replace(self, **changes: Any) -> "Section5Plan":
         for key, value in changes.items():
             if isinstance(value, list):
@@ -105,6 +127,10 @@ SECTION5_KEYS = tuple(f.name for f in dataclasses.fields(Section5Plan))
 # the surrogate experiments a profile can limit to one seed (Section5Plan.single_seed; kx_utils.seeds)
 SEEDED_EXPERIMENTS = ("table2", "table5", "table6", "extra_formats", "table7", "table7_bs16", "figure2",
                       "section_5_1_3", "section_5_2_2", "budget_curves")
+
+# Profile values that are shares of something, from 0 to 1
+FRACTIONS = ("validation_fraction", "surrogate_validation_fraction", "detector_ood_share",
+             "published_validation_fraction", "baseline_tnr")
 
 # Figure 2's caption names GTSRB-5L, its text GTSRB-RN34; kx follows the caption.
 FIGURE2_VICTIMS = ("caltech", "cifar10", "gtsrb_5l")
@@ -193,7 +219,15 @@ class Profile:
     surrogate_validation_fraction: float = 0.0
     # run
     seed: int = 0
-    eval_batch_size: int = 256
+    eval_batch_size: int = 256  # evaluation batch on the CPU
+    # evaluation batch on a CUDA GPU, where a 224 px ResNet34 answers 256 images in a few milliseconds and
+    # bigger batches keep the GPU busy (`python -m kx_utils bench --device cuda` times 256 to 4,096)
+    cuda_eval_batch_size: int = 1024
+    # torch.compile the network that fit() trains.  Off by default: compiling costs tens of seconds per
+    # architecture and input shape on the first steps of every fit (dozens of surrogates), it measured no
+    # faster on the development CPU (figures/mini/bench.md, 1.02x), and on a GPU its gain is what
+    # `bench --device cuda` measures (its "compile" rows): turn it on where those rows show it pays.
+    compile_models: bool = False
     data_root: str | None = None  # None: $KX_DATA
     cache_root: str | None = None  # None: $KX_CACHE or <repo>/.kx_cache
     device: str = "auto"
@@ -208,10 +242,21 @@ class Profile:
                                                for s in self.surrogate_seeds):
             raise ProfileError(f"profile {self.name!r}: surrogate_seeds must be one or more integers, "
                                f"got {self.surrogate_seeds!r}")
+        for key in ("eval_batch_size", "cuda_eval_batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ProfileError(f"profile {self.name!r}: {key} must be a positive integer, got {value!r}")
         unknown = sorted(set(self.section5.single_seed) - set(SEEDED_EXPERIMENTS))
         if unknown:
             raise ProfileError(f"profile {self.name!r}: unknown experiment(s) {unknown} in section5.single_seed; "
                                f"valid: {', '.join(SEEDED_EXPERIMENTS)}")
+        problems = field_problems(self, may_be_zero=("surrogate_frozen_blocks", "surrogate_seeds", "seed"),
+                                  fractions=FRACTIONS)
+        sizes = self.image_size.values() if isinstance(self.image_size, dict) else ()
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+            problems.append(f"image_size must map datasets to sides of 1 pixel or more, got {self.image_size!r}")
+        if problems:
+            raise ProfileError(f"profile {self.name!r}: " + "; ".join(problems))
 
     def replace(self, **changes: Any) -> "Profile":
         return dataclasses.replace(self, **changes)
@@ -407,9 +452,12 @@ def _coerce_recipe(key: str, value: Any, base: Recipe) -> Recipe:
         if unknown:
             raise ProfileError(f"unknown key(s) {unknown} in override of {key!r}; "
                                f"valid recipe keys: {', '.join(RECIPE_KEYS)}")
-        if "milestones" in value:
+        if isinstance(value.get("milestones"), list):
             value = {**value, "milestones": tuple(value["milestones"])}
-        return base.replace(**value)
+        try:
+            return base.replace(**value)
+        except ProfileError as exc:
+            raise ProfileError(f"{key}: {exc}") from None
     raise ProfileError(f"{key!r} must be a dict of recipe values, got {type(value).__name__}")
 
 
@@ -432,10 +480,13 @@ def _check_victim_overrides(value: Any) -> dict:
         if victim not in VICTIM_KEYS:
             raise ProfileError(f"unknown victim {victim!r} in victim_overrides; valid victims: "
                                f"{', '.join(VICTIM_KEYS)}")
+        if not isinstance(changes, dict):
+            raise ProfileError(f"victim_overrides[{victim!r}] must be a dict of recipe changes, got {changes!r}")
         unknown = sorted(set(changes) - set(RECIPE_KEYS))
         if unknown:
             raise ProfileError(f"unknown recipe key(s) {unknown} for victim {victim!r}; "
                                f"valid recipe keys: {', '.join(RECIPE_KEYS)}")
+        _coerce_recipe(f"victim_overrides[{victim!r}]", changes, PAPER_SGD)  # its values, checked now
     return value
 
 
@@ -462,7 +513,7 @@ def get_profile(name: str | Profile = "mini", **overrides: Any) -> Profile:
             value = _coerce_recipe(key, value, current)
         elif isinstance(current, Section5Plan):
             value = _coerce_section5(value, current)
-        elif isinstance(current, tuple) and isinstance(value, list):
+        elif isinstance(value, list):  # JSON has no tuples
             value = tuple(value)
         elif key == "image_size" and isinstance(value, dict):
             value = {**current, **value}

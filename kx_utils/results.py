@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import REPO_ROOT, atomic_write_text
+from .data import absent_optional_datasets
 from .profiles import Profile
 
 
@@ -89,6 +90,8 @@ class NotebookRun:
         self.figures: dict[str, Any] = {}
         self.values: dict[str, Any] = {}
         self.notes: list[str] = []
+        # optional data (mini's Diabetic5 stand-in) this run goes without: the report marks those rows
+        self.data_not_present = absent_optional_datasets(profile.standins, profile.data_root)
 
     def document(self) -> dict:
         return _jsonable({
@@ -97,6 +100,7 @@ class NotebookRun:
             "wall_seconds": time.perf_counter() - self.started,
             "environment": environment(), "profile_settings": self.profile.as_dict(),
             "tables": self.tables, "figures": self.figures, "values": self.values, "notes": self.notes,
+            "data_not_present": self.data_not_present,
         })
 
     @property

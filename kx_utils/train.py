@@ -6,11 +6,18 @@ Targets are class indices (hard labels) or probability vectors (soft labels,
 trained with soft cross-entropy as in Knockoff).  Every epoch ends with an
 evaluation on the given sets, recorded in the returned history; with a
 ``checkpoint`` path the run saves itself after each epoch and resumes from there.
+
+On a CUDA GPU, ``fit`` moves the training and evaluation sets to the GPU once (as
+uint8), draws its shuffles and augmentations there with a GPU generator, runs in
+bf16 with autotuned convolutions (:mod:`kx_utils.devices`) and reads the loss and
+the accuracies back once per epoch: no batch waits for the host.  On the CPU it
+computes exactly what it always did (``tests/test_fit_device.py`` pins it bit for bit).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Mapping
@@ -19,19 +26,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .artifacts import atomic_save
+from .artifacts import atomic_save, load_verified
 from .data import to_float
+from .devices import autotuned_convolutions, mixed_precision, pick_device
 from .models import split_frozen_prefix
+from .profiles import AUGMENTATIONS, Recipe
 from .progress import progress_bar
-from .profiles import Recipe
 
 
-def pick_device(preference: str | torch.device = "auto") -> torch.device:
-    if isinstance(preference, torch.device):
-        return preference
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
+# Set (to anything) to make every training run an error: `reproduce --grid` runs the notebooks this
+# way after the experiment grid, so a notebook that would train what the grid did not make says so.
+NO_TRAINING_ENV = "KX_NO_TRAINING"
+
+
+class TrainingForbiddenError(RuntimeError):
+    pass
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -48,29 +57,30 @@ def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
     return lr
 
 
-AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
-
-
 def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding of 1/8 of the side) for ``crop*``, horizontal flips for ``*flip``."""
+    """Random crop (zero padding of 1/8 of the side) for ``crop*``, horizontal flips for ``*flip``.
+
+    The random numbers come from ``generator`` on its own device (a GPU generator for images on
+    the GPU, so that no batch waits for a copy from the host).
+    """
     if mode == "none":
         return x
     if mode not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {mode!r}; valid: {', '.join(AUGMENTATIONS)}")
     n, c, h, w = x.shape
     if mode == "flip":
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device)
         return torch.where(flip[:, None, None, None], x.flip(3), x)
     pad = max(1, h // 8)
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, c, h, w)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, c, h, w)
     out = padded[torch.arange(n, device=x.device)[:, None, None, None],
                  torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
     if mode == "crop_flip":
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device)
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
     return out
 
@@ -85,17 +95,27 @@ def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
-                   device: str | torch.device = "auto") -> torch.Tensor:
-    """Logits for uint8 (or [0, 1] float) images, in batches, on CPU."""
+def device_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                  device: str | torch.device = "auto") -> torch.Tensor:
+    """Logits for uint8 (or [0, 1] float) images, in batches, left on ``device``.
+
+    Images already on ``device`` are read in place; others travel one batch at a time.
+    """
     device = pick_device(device)
     model.eval().to(device)
     out = []
-    for chunk in images.split(batch_size):
-        x = to_float(chunk.to(device)).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(x).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    with autotuned_convolutions(device):
+        for chunk in images.split(batch_size):
+            x = to_float(chunk.to(device)).contiguous(memory_format=torch.channels_last)
+            with mixed_precision(device):
+                out.append(model(x).float())
+    return torch.cat(out) if out else torch.empty(0, device=device)
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                   device: str | torch.device = "auto") -> torch.Tensor:
+    """Logits for uint8 (or [0, 1] float) images, in batches, returned on the CPU."""
+    return device_logits(model, images, batch_size, device).cpu()
 
 
 def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
@@ -105,8 +125,11 @@ def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
              device: str | torch.device = "auto") -> float:
-    pred = predict_logits(model, images, batch_size, device).argmax(1)
-    return float((pred == labels).float().mean()) if len(labels) else float("nan")
+    """Top-1 accuracy, computed on ``device``: only the final number comes back to the host."""
+    if not len(labels):
+        return float("nan")
+    pred = device_logits(model, images, batch_size, device).argmax(1)
+    return float((pred == labels.to(pred.device)).float().mean())
 
 
 def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
@@ -122,7 +145,7 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
         eval_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         seed: int = 0, device: str | torch.device = "auto", checkpoint: str | Path | None = None,
         progress: bool = True, desc: str = "train", eval_batch_size: int = 256,
-        frozen_blocks: int = 0, evaluate_every_epoch: bool = True) -> list[dict]:
+        frozen_blocks: int = 0, evaluate_every_epoch: bool = True, compile_model: bool = False) -> list[dict]:
     """Train ``model`` in place on uint8 ``images`` and return the per-epoch history.
 
     ``targets`` are int64 class indices (cross-entropy) or float probability vectors
@@ -137,7 +160,17 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     un-augmented training (the same input every epoch).  The frozen blocks keep their
     pretrained BatchNorm statistics (re-estimating them on the transfer set measured
     worse: Caltech 50.4% against 52.3% with blocks 14+ trained).
+
+    ``compile_model`` trains through ``torch.compile`` of the trained network (the profile's
+    ``compile_models``, off by default: :class:`kx_utils.profiles.Profile` says why); evaluation
+    runs the network as it is.  On CUDA the sets live on the GPU for the whole call, so they must
+    fit in its memory (224 px images take 150 KB each as uint8).
     """
+    if os.environ.get(NO_TRAINING_ENV):
+        raise TrainingForbiddenError(
+            f"{desc}: training is forbidden here ({NO_TRAINING_ENV} is set) because the experiment grid should "
+            "have made this model; the grid's tasks (kx_utils.grid) no longer mirror the notebook's calls. "
+            f"Unset {NO_TRAINING_ENV} to train it in the notebook")
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     if len(images) == 0:
@@ -158,21 +191,30 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     optimizer = _make_optimizer(trained, recipe)
     steps_per_epoch = math.ceil(len(images) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
-    generator = torch.Generator().manual_seed(seed)
+    # shuffles and augmentations are drawn where the images are (the CPU's stream is the one the
+    # CPU results and their caches were made with)
+    generator = torch.Generator(device=device).manual_seed(seed)
     history: list[dict] = []
     start_epoch = 0
 
     checkpoint = Path(checkpoint) if checkpoint else None
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_verified(checkpoint, "training checkpoint") if checkpoint is not None else None
+    if state is not None:  # None too for a checkpoint that failed verification: then from epoch 0
+        written_on = state.get("generator_device", "cpu")  # checkpoints before this key drew on the CPU
+        if written_on != generator.device.type:
+            raise ValueError(f"checkpoint {checkpoint} was written by a run on {written_on}, and this run is on "
+                             f"{generator.device.type}: its random state cannot carry over. Resume it on "
+                             f"{written_on}, or delete the checkpoint to train this model again from the start")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
 
-    if device.type == "cuda":  # keep the decoded set on the GPU: no host copies per batch
-        images, targets = images.to(device), targets.to(device)
+    # the decoded sets cross to the device once per call (no-ops on the CPU)
+    images, targets = images.to(device), targets.to(device)
+    eval_sets = {name: (x.to(device), y.to(device)) for name, (x, y) in (eval_sets or {}).items()}
+    forward = torch.compile(trained) if compile_model else trained
 
     bar = progress_bar(total_steps, desc, initial=start_epoch * steps_per_epoch) if progress else None
     try:
@@ -180,36 +222,37 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
             torch.manual_seed(seed * 100_003 + epoch)  # dropout: reproducible after a resume
             trained.train()
             t0 = time.perf_counter()
-            order = torch.randperm(len(images), generator=generator)
-            loss_sum, seen = 0.0, 0
-            for i, batch in enumerate(order.split(recipe.batch_size)):
-                step = epoch * steps_per_epoch + i
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(recipe, step, total_steps)
-                batch = batch.to(images.device)
-                x = augment_batch(to_float(images[batch]), recipe.augment, generator)
-                x = x.contiguous(memory_format=torch.channels_last)
-                y = targets[batch]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits = trained(x).float()
-                loss = soft_cross_entropy(logits, y) if soft else F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(batch)
-                seen += len(batch)
-                if bar is not None:
-                    bar.update(1)
+            order = torch.randperm(len(images), generator=generator, device=generator.device)
+            # summed in float64 where the loss is: the same arithmetic as Python floats, read once per epoch
+            loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
+            with autotuned_convolutions(device):
+                for i, batch in enumerate(order.split(recipe.batch_size)):
+                    step = epoch * steps_per_epoch + i
+                    for group in optimizer.param_groups:
+                        group["lr"] = learning_rate(recipe, step, total_steps)
+                    x = augment_batch(to_float(images[batch]), recipe.augment, generator)
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    y = targets[batch]
+                    with mixed_precision(device):
+                        logits = forward(x).float()
+                    loss = soft_cross_entropy(logits, y) if soft else F.cross_entropy(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.detach().double() * len(batch)
+                    seen += len(batch)
+                    if bar is not None:
+                        bar.update(1)
             row = {"epoch": epoch + 1, "lr": learning_rate(recipe, (epoch + 1) * steps_per_epoch - 1, total_steps),
-                   "train_loss": loss_sum / seen, "train_seconds": time.perf_counter() - t0}
+                   "train_loss": float(loss_sum) / seen, "train_seconds": time.perf_counter() - t0}
             last = epoch + 1 == recipe.epochs
-            for name, (eval_images, eval_labels) in (eval_sets or {}).items() if evaluate_every_epoch or last else ():
+            for name, (eval_images, eval_labels) in eval_sets.items() if evaluate_every_epoch or last else ():
                 row[f"{name}_acc"] = accuracy(trained, eval_images, eval_labels, eval_batch_size, device)
             history.append(row)
             if checkpoint is not None:
                 atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "generator": generator.get_state(), "history": history, "epoch": epoch + 1},
-                            checkpoint)
+                             "generator": generator.get_state(), "generator_device": generator.device.type,
+                             "history": history, "epoch": epoch + 1}, checkpoint)
             if bar is not None:
                 bar.set_postfix_str(", ".join([f"epoch {epoch + 1}/{recipe.epochs}",
                                                *(f"{k.removesuffix('_acc')} {v:.1%}" for k, v in row.items()
@@ -227,8 +270,9 @@ def frozen_outputs(prefix: nn.Module, images: torch.Tensor, batch_size: int = 25
     """``prefix``'s outputs (eval mode) for uint8 images, kept on ``device`` in channels_last float32."""
     device = pick_device(device)
     prefix.eval().to(device)
-    out = [prefix(to_float(chunk.to(device)).contiguous(memory_format=torch.channels_last))
-           for chunk in images.split(batch_size)]
+    with autotuned_convolutions(device):
+        out = [prefix(to_float(chunk.to(device)).contiguous(memory_format=torch.channels_last))
+               for chunk in images.split(batch_size)]
     return torch.cat(out).contiguous(memory_format=torch.channels_last)
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .artifacts import ArtifactStore, artifact_kind
-from .data import ImageSet, dataset_info, load_split
+from .data import ImageSet, absent_optional_datasets, dataset_info, load_split
+from .devices import evaluation_batch_size
 from .models import SHORT_NAMES, Classifier, build_model
 from .profiles import VICTIM_KEYS, Profile, Recipe
 from .train import fit, per_class_accuracy, pick_device, predict_logits
@@ -51,6 +52,18 @@ def victim_spec(key: str) -> VictimSpec:
     if key not in VICTIMS:
         raise KeyError(f"unknown victim {key!r}; valid victims: {', '.join(VICTIMS)}")
     return VICTIMS[key]
+
+
+def available_victims(profile: Profile, keys=None) -> tuple[str, ...]:
+    """The victims among ``keys`` (default: all seven) that a run of ``profile`` can train.
+
+    Only a victim whose dataset the profile may go without (mini's Diabetic5 stand-in, see
+    ``DatasetInfo.standin_optional``) is left out when its data is not present; its rows then read
+    "data not present" in the report.  A missing dataset that is required stays in, so that loading
+    it fails with the error that says how to get it.
+    """
+    absent = absent_optional_datasets(profile.standins, profile.data_root)
+    return tuple(k for k in (VICTIMS if keys is None else keys) if victim_spec(k).dataset not in absent)
 
 
 def victim_arch(profile: Profile, key: str) -> str:
@@ -158,9 +171,10 @@ def _train_victim(profile: Profile, key: str, settings: dict, store: ArtifactSto
     history = fit(model, train.images, train.labels, recipe, eval_sets={"test": (test.images, test.labels)},
                   seed=profile.seed, device=pick_device(profile.device),
                   checkpoint=store.scratch_path(VICTIM, settings, "ckpt"), progress=profile.progress,
-                  desc=victim_name(profile, key), eval_batch_size=profile.eval_batch_size)
+                  desc=victim_name(profile, key), eval_batch_size=evaluation_batch_size(profile),
+                  compile_model=profile.compile_models)
     seconds = time.perf_counter() - t0
-    pred = predict_logits(model, test.images, profile.eval_batch_size, pick_device(profile.device)).argmax(1)
+    pred = predict_logits(model, test.images, evaluation_batch_size(profile), pick_device(profile.device)).argmax(1)
     return {
         "state_dict": model.state_dict(),
         "classes": list(train.classes),
@@ -192,7 +206,7 @@ def clearly_learned(victim_accuracy: float, chance: float) -> bool:
 def table1_rows(profile: Profile, store: ArtifactStore | None = None) -> dict:
     """Table 1 as measured: input size, classes, train and test images of each victim dataset."""
     rows = {}
-    for key in PRETRAINED_VICTIMS:
+    for key in available_victims(profile, PRETRAINED_VICTIMS):
         spec = victim_spec(key)
         train, test = victim_data(profile, key, store)
         size = victim_image_size(profile, key)

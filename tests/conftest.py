@@ -91,3 +91,38 @@ def smoke_env(tmp_path_factory) -> SmokeEnv:
     env = SmokeEnv(tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("kx_cache"))
     assert not any(env.cache.iterdir())  # nothing cached yet: the first run computes everything
     return env
+
+
+# ---------------------------------------------------------------- the fault-injection ledger
+
+# Each fault-injection test records what it did (tests/test_faults*.py, tests/test_integrity.py,
+# tests/test_reliability.py); the table is printed at the end of the run.
+FAULT_LEDGER: list[tuple[str, int, int, int]] = []
+
+
+@pytest.fixture
+def fault_ledger():
+    """``record(fault, trials, survived, data_lost)``: one row of the fault table."""
+    def record(fault: str, trials: int, survived: int, data_lost: int) -> None:
+        FAULT_LEDGER.append((fault, trials, survived, data_lost))
+    return record
+
+
+def pytest_collection_modifyitems(config, items):
+    """The reliability suite runs for an hour or more: only when ``-m`` names it (make test-reliability)."""
+    if "reliability" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="long fault-injection suite: run it with `make test-reliability`")
+    for item in items:
+        if "reliability" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FAULT_LEDGER:
+        return
+    terminalreporter.section("fault injection")
+    terminalreporter.write_line("| fault | trials | survived | data lost |")
+    terminalreporter.write_line("|---|---:|---:|---:|")
+    for fault, trials, survived, lost in FAULT_LEDGER:
+        terminalreporter.write_line(f"| {fault} | {trials} | {survived} | {lost} |")

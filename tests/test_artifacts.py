@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from kx_utils import artifacts
-from kx_utils.artifacts import ArtifactStore, CorruptArtifactError, artifact_kind, atomic_save, settings_key
+from kx_utils import artifacts, integrity
+from kx_utils.artifacts import ArtifactStore, artifact_kind, atomic_save, settings_key
 
 artifact_kind("thing", 1)  # the kind these tests store
 
@@ -44,31 +44,11 @@ def test_a_crash_while_writing_leaves_no_artifact(store, monkeypatch):
     assert not [p for p in folder.iterdir() if p.suffix in (".pt", ".tmp")]
 
 
-def test_corrupt_artifact_is_an_error_naming_the_file(store):
-    path = store.path("thing", {"k": 1})
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"not a torch file")
-    with pytest.raises(CorruptArtifactError, match=str(path.name)):
-        store.load("thing", {"k": 1})
-
-
-class Arbitrary:
-    pass
-
-
-def test_artifacts_load_with_weights_only(store):
-    path = store.path("thing", {"k": 1})
-    path.parent.mkdir(parents=True)
-    torch.save({"obj": Arbitrary()}, path)  # pickled code is refused on load
-    with pytest.raises(CorruptArtifactError):
-        store.load("thing", {"k": 1})
-
-
 def test_atomic_save_replaces_existing_file(tmp_path):
     path = tmp_path / "a.pt"
     atomic_save({"v": 1}, path)
     atomic_save({"v": 2}, path)
-    assert torch.load(path, weights_only=True)["v"] == 2
+    assert integrity.load(path)["v"] == 2
     assert os.listdir(tmp_path) == ["a.pt"]
 
 
@@ -91,7 +71,7 @@ def test_a_kinds_version_enters_its_key_and_unknown_kinds_are_refused(tmp_path, 
 
 
 def test_each_kind_remembers_the_module_that_registers_it():
-    from kx_utils.__main__ import artifact_sources
+    from kx_utils.artifact_sources import artifact_sources
 
     sources = artifact_sources()  # imports the producing modules
     owners = {kind: entry["module"] for kind, entry in sources.items()}
@@ -110,7 +90,7 @@ def test_each_kind_remembers_the_module_that_registers_it():
 
 
 def test_the_checker_asks_for_a_bump_when_a_source_changed_without_its_version():
-    from kx_utils.__main__ import RECORD_COMMAND, artifact_source_problems
+    from kx_utils.artifact_sources import RECORD_COMMAND, artifact_source_problems
 
     entry = {"version": 2, "module": "kx_utils.attack", "source": "kx_utils/attack.py", "sha256": "a" * 64}
     now = {"answers": dict(entry)}
@@ -135,13 +115,14 @@ def test_recording_writes_what_the_check_then_accepts(tmp_path, monkeypatch, cap
     import json
 
     from kx_utils import __main__ as cli
+    from kx_utils import artifact_sources as sources
 
     target = tmp_path / "artifact_sources.json"
-    monkeypatch.setattr(cli, "artifact_sources_path", lambda: target)
+    monkeypatch.setattr(sources, "artifact_sources_path", lambda: target)
     assert cli.main(["artifacts"]) == 1 and "is missing" in capsys.readouterr().err
     assert cli.main(["artifacts", "--record"]) == 0
     recorded = json.loads(target.read_text())["kinds"]
-    assert recorded == cli.artifact_sources()
+    assert recorded == sources.artifact_sources()
     assert cli.main(["artifacts"]) == 0 and "ok:" in capsys.readouterr().out
     recorded["victim"]["sha256"] = "0" * 64  # victims.py as it was before an edit
     target.write_text(json.dumps({"kinds": recorded}))
@@ -154,7 +135,7 @@ def test_artifact_versions_move_with_the_source_that_produces_them():
     bump that kind's version, or state (by re-recording) that the change cannot alter the artifacts."""
     import json
 
-    from kx_utils.__main__ import RECORD_COMMAND, artifact_source_problems, artifact_sources_path
+    from kx_utils.artifact_sources import RECORD_COMMAND, artifact_source_problems, artifact_sources_path
 
     path = artifact_sources_path()
     assert path.is_file(), f"{path} is missing: write it with `{RECORD_COMMAND}` and commit it"

@@ -1,14 +1,20 @@
-"""kx_utils.bench: throughput measurements and the Markdown report they make."""
+"""kx_utils.bench: throughput measurements, and the Markdown and JSON reports they make (kx_utils.bench_report)."""
 
+import json
 import math
 
 import pytest
 import torch
 
-from kx_utils.bench import Timing, inference_rate, markdown, training_rate
+from kx_utils.__main__ import main
+from kx_utils.bench import (Timing, inference_models, inference_rate, package_path, training_models,
+                            training_rate)
+from kx_utils.bench_report import markdown
 from kx_utils.profiles import get_profile
 
 CPU = torch.device("cpu")
+CUDA = torch.device("cuda")  # a device object only: nothing below runs on it without a GPU
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -66,10 +72,11 @@ def test_timing_ratio():
 # ---------------------------------------------------------------- markdown
 
 TIMINGS = [
-    Timing("train", "mobilenet_v2", 48, 64, "fp32 (today)", 100.0, "victims and surrogates", 100.0),
-    Timing("train", "mobilenet_v2", 48, 64, "frozen14", 200.0, "tail only", 100.0),
+    Timing("train", "mobilenet_v2", 48, 64, "fp32", 100.0, "victims and surrogates", 100.0, default=True,
+           flops_per_image=3 * 27.5e6),
+    Timing("train", "mobilenet_v2", 48, 64, "frozen14", 200.0, "tail only", 100.0, flops_per_image=20.3e6),
     Timing("train", "gtsrb_5l", 32, 64, "no baseline", 1234.0, ""),
-    Timing("inference", "mobilenet_v2", 48, 256, "bf16", 1500.0, "", 1000.0),
+    Timing("inference", "mobilenet_v2", 48, 256, "bf16", 1500.0, "", 1000.0, flops_per_image=27.5e6),
 ]
 ACCURACY = [
     {"frozen_blocks": 0, "victim": "Caltech", "budget": 6000, "epochs": 10, "final_acc": 0.5, "best_acc": 0.55,
@@ -90,10 +97,13 @@ def test_markdown_throughput_rows_and_ratio():
     assert text.startswith("# kx benchmark: profile `smoke` on cpu")
     assert "## Training throughput" in text and "## Inference throughput" in text
     assert _row(text, "| mobilenet_v2 | 48 | 64 | frozen14 ") == \
-        ["mobilenet_v2", "48", "64", "frozen14", "200", "2.00", "tail only"]
-    assert _row(text, "| mobilenet_v2 | 48 | 64 | fp32 (today) ")[5] == "1.00"
-    assert _row(text, "| gtsrb_5l ") == ["gtsrb_5l", "32", "64", "no baseline", "1,234", "", ""]
-    assert _row(text, "| mobilenet_v2 | 48 | 256 | bf16 ")[4:6] == ["1,500", "1.50"]
+        ["mobilenet_v2", "48", "64", "frozen14", "200", "2.00", "0.0203", "tail only"]
+    # the package's own path is marked as today's; 3 x 27.5 MFLOP = 0.0825 GFLOP per image
+    assert _row(text, "| mobilenet_v2 | 48 | 64 | fp32 (today) ")[5:7] == ["1.00", "0.0825"]
+    assert _row(text, "| gtsrb_5l ") == ["gtsrb_5l", "32", "64", "no baseline", "1,234", "", "", ""]
+    assert _row(text, "| mobilenet_v2 | 48 | 256 | bf16 ")[4:7] == ["1,500", "1.50", "0.0275"]
+    # no peak on the CPU unless given: no peak columns
+    assert "% of peak" not in text and "Peak of the device" not in text
     # inference rows come under the inference heading
     assert text.index("## Inference throughput") < text.index("| mobilenet_v2 | 48 | 256 | bf16 ")
     assert "## Accuracy" not in text
@@ -131,3 +141,116 @@ def test_markdown_accuracy_without_a_whole_network_row_has_no_delta():
     text = markdown(get_profile("smoke"), CPU, [], ACCURACY[1:])
     frozen = _row(text, "| Caltech | blocks 14+")
     assert frozen[5] == "" and frozen[7] == ""
+
+
+def test_markdown_on_a_gpu_gives_the_share_of_the_peak():
+    rows = [Timing("train", "resnet34", 224, 64, "bf16", 2000.0, "", 2000.0, default=True,
+                   flops_per_image=3 * 7.3e9),
+            Timing("train", "gtsrb_5l", 32, 64, "bf16", 5000.0, "", 5000.0, default=True)]
+    text = markdown(get_profile("paper"), CUDA, rows, [], name="NVIDIA H200", peak_tflops=989.0,
+                    peak_source="the table")
+    assert "Peak of the device: 989 TFLOP/s dense bf16 (the table)." in text
+    # 2,000 img/s x 21.9 GFLOP = 43.8 TFLOP/s, 4.43% of 989
+    assert _row(text, "| resnet34 ") == ["resnet34", "224", "64", "bf16 (today)", "2,000", "1.00", "21.9", "43.8",
+                                         "4.4%", ""]
+    assert _row(text, "| gtsrb_5l ")[6:9] == ["", "", ""]  # no FLOP count: no share either
+    unknown = markdown(get_profile("paper"), CUDA, rows[:1], [], name="Some GPU")
+    assert "Peak of the device: unknown for Some GPU: pass --peak-tflops to give it." in unknown
+    assert _row(unknown, "| resnet34 ")[7:9] == ["43.8", "peak unknown"]
+
+
+# ---------------------------------------------------------------- what is timed on each device
+
+
+def test_the_package_path_is_bf16_on_a_gpu_and_fp32_on_the_cpu():
+    assert (package_path(CPU), package_path(CUDA)) == ("fp32", "bf16")
+
+
+def test_the_gpu_benchmark_times_the_papers_models_at_their_sizes():
+    paper = get_profile("paper")
+    assert training_models(paper, CUDA) == [
+        ("resnet34", 224, "victims and surrogates", 64, True),
+        ("mobilenet_v2", 224, "the mini profiles' backbone", 64, True),
+        ("gtsrb_5l", 32, "scratch victims", 64, False), ("cifar10_9l", 32, "scratch victims", 64, False),
+        ("resnet18", 224, "scratch detectors", 64, False), ("resnet34", 224, "scratch detectors", 64, False)]
+    # the CPU benchmark keeps its models: no MobileNetV2 beside a ResNet34 surrogate
+    assert [m[0] for m in training_models(paper, CPU)] == ["resnet34", "gtsrb_5l", "cifar10_9l", "resnet18",
+                                                           "resnet34"]
+    assert inference_models(paper) == [("resnet34", 224, "querying a victim"), ("resnet18", 224, "detector features"),
+                                       ("resnet101", 224, "detector features"),
+                                       ("resnet152", 224, "detector features")]
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _tiny_bench_args(tmp_path):
+    sizes = {key: 16 for key in get_profile("smoke").image_size}
+    overrides = {"backbone": "gtsrb_5l", "surrogate_arch": "gtsrb_5l", "image_size": sizes,
+                 "scratch_image_size": 16, "detector_scratch_archs": [], "detector_cv_archs": ["gtsrb_5l"],
+                 "surrogate_recipe": {"batch_size": 8}, "scratch_recipe": {"batch_size": 8}}
+    return ["bench", "--profile", "smoke", "--overrides", json.dumps(overrides), "--no-accuracy", "--no-compile",
+            "--seconds", "0.01", "--json", str(tmp_path / "bench.json"), "--out", str(tmp_path / "bench.md")]
+
+
+# GTSRB-5L's forward pass on one 16 px image, by hand (2 FLOPs per multiply-add): three 3x3 convolutions
+# 3->32 at 16x16, 32->64 at 8x8, 64->128 at 4x4, then 2048->256 and the head 256->classes
+GTSRB_5L_16PX = 2 * (3 * 9 * 32 * 16 * 16 + 32 * 9 * 64 * 8 * 8 + 64 * 9 * 128 * 4 * 4 + 2048 * 256)
+
+
+def test_bench_json_round_trip_on_a_tiny_profile(tmp_path, capsys):
+    assert main(_tiny_bench_args(tmp_path)) == 0
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert list(doc) == ["device", "device_name", "peak_bf16_tflops", "profile", "timings"]
+    assert (doc["device"], doc["peak_bf16_tflops"], doc["profile"]) == ("cpu", None, "smoke")
+    assert isinstance(doc["device_name"], str) and doc["device_name"]
+    keys = ["section", "model", "size", "batch", "path", "default", "images_per_s", "flops_per_image", "note"]
+    for row in doc["timings"]:
+        assert list(row) == keys
+        assert isinstance(row["images_per_s"], float) and row["images_per_s"] > 0
+        assert row["default"] == (row["path"] == "fp32")  # float32 is the package's CPU path
+    trained = [(r["model"], r["batch"], r["path"]) for r in doc["timings"] if r["section"] == "train"]
+    assert trained == [("gtsrb_5l", 8, "fp32"), ("gtsrb_5l", 8, "contiguous"), ("gtsrb_5l", 8, "bf16"),
+                       ("gtsrb_5l", 16, "fp32"), ("gtsrb_5l", 256, "fp32"),
+                       ("gtsrb_5l", 8, "fp32"), ("gtsrb_5l", 8, "contiguous"), ("gtsrb_5l", 8, "bf16"),
+                       ("cifar10_9l", 8, "fp32"), ("cifar10_9l", 8, "contiguous"), ("cifar10_9l", 8, "bf16")]
+    inferred = [(r["batch"], r["path"]) for r in doc["timings"] if r["section"] == "inference"]
+    assert inferred == [(256, "fp32"), (64, "fp32"), (1024, "fp32"), (256, "bf16")]
+    gtsrb = [r for r in doc["timings"] if r["model"] == "gtsrb_5l"]
+    # training: the 100-class head, three forward passes; inference: the 10-class head, one
+    assert {r["flops_per_image"] for r in gtsrb if r["section"] == "train"} == {3.0 * (GTSRB_5L_16PX + 2 * 256 * 100)}
+    assert {r["flops_per_image"] for r in gtsrb if r["section"] == "inference"} == {float(GTSRB_5L_16PX + 2 * 256 * 10)}
+    # the Markdown holds the same rows
+    text = (tmp_path / "bench.md").read_text()
+    assert text in capsys.readouterr().out
+    assert "Produced by `python -m kx_utils bench --profile smoke` with --overrides of backbone, surrogate_arch, " \
+           "detector_scratch_archs, detector_cv_archs, image_size, scratch_image_size, scratch_recipe, " \
+           "surrogate_recipe;" in text
+    assert len([line for line in text.splitlines() if line.startswith("| gtsrb_5l ")]) == \
+        len([r for r in doc["timings"] if r["model"] == "gtsrb_5l"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_bench_on_cuda_without_a_gpu_says_so(tmp_path, capsys):
+    assert main(_tiny_bench_args(tmp_path) + ["--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "error: `python -m kx_utils bench --device cuda` needs a CUDA GPU, but torch.cuda.is_available() " \
+           "is False" in err
+    assert "or choose the CPU (--device cpu)" in err
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_bench_rejects_a_peak_that_is_not_positive(tmp_path, capsys):
+    assert main(_tiny_bench_args(tmp_path) + ["--peak-tflops", "0"]) == 2
+    assert "--peak-tflops must be a positive number of TFLOP/s, got 0.0" in capsys.readouterr().err
+
+
+@needs_cuda
+def test_bench_on_cuda_times_the_bf16_path_as_the_default(tmp_path):
+    assert main(_tiny_bench_args(tmp_path) + ["--device", "cuda", "--peak-tflops", "100"]) == 0
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert (doc["device"], doc["peak_bf16_tflops"]) == ("cuda", 100.0)
+    assert doc["device_name"] == torch.cuda.get_device_name()
+    for row in doc["timings"]:
+        assert row["default"] == (row["path"] == "bf16")
+    assert {r["model"] for r in doc["timings"] if r["section"] == "train"} >= {"gtsrb_5l", "mobilenet_v2"}

@@ -46,8 +46,9 @@ def test_missing_dataset_folder_names_path_and_source(tmp_path, store):
         load_split("diabetic5", "train", standins=False, root=tmp_path, store=store)
 
 
-def test_missing_kx_data_says_how_to_set_it(monkeypatch, store):
+def test_missing_kx_data_says_how_to_set_it(monkeypatch, store, tmp_path):
     monkeypatch.delenv("KX_DATA", raising=False)
+    monkeypatch.setattr(kd, "DEFAULT_DATA_ROOT", tmp_path / "no-data-here")
     with pytest.raises(DatasetNotFoundError, match="set KX_DATA"):
         load_split("cifar10", "train", standins=True, store=store)
 

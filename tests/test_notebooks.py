@@ -21,8 +21,10 @@ pytestmark = pytest.mark.notebooks
 
 def _run(notebook: str, env: SmokeEnv, **parameters) -> dict:
     import papermill as pm
-    saved = {key: os.environ.get(key) for key in ("KX_RUNS", "KX_CACHE")}
+    saved = {key: os.environ.get(key) for key in ("KX_RUNS", "KX_CACHE", "PYTHONPATH")}
     os.environ["KX_RUNS"], os.environ["KX_CACHE"] = str(env.runs), str(env.cache)  # the kernel inherits them
+    # ... and imports this checkout's kx_utils, whichever one the environment has installed
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved["PYTHONPATH"]]))
     try:
         pm.execute_notebook(str(REPO / "notebooks" / f"{notebook}.ipynb"), str(env.runs / f"{notebook}.ipynb"),
                             parameters={"profile": "smoke", **parameters}, progress_bar=False,

@@ -14,9 +14,10 @@ attacker's natural images (label 0, ImageNet), as two estimators with ``fit`` an
   no threshold is tuned on any test set.
 
 Both take uint8 (or float [0, 1]) image tensors, resize them to their input size, run on the device
-of their network, return CPU tensors, and know nothing of profiles or caches (those are in
-:mod:`kx_utils.detect.experiments`).  Higher score = more out of distribution; ``flag`` marks
-P(OOD) > ``threshold``; a detector is the ``detector=`` callable of :class:`kx_utils.api.PredictionAPI`.
+of their network (in bf16 on a GPU, :mod:`kx_utils.devices`), return CPU tensors, and know nothing
+of profiles or caches (those are in :mod:`kx_utils.detect.experiments`).  Higher score = more out of
+distribution; ``flag`` marks P(OOD) > ``threshold``; a detector is the ``detector=`` callable of
+:class:`kx_utils.api.PredictionAPI`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import resize_images, to_float
+from ..devices import autotuned_convolutions, mixed_precision
 from ..models import Classifier, build_model
 from ..profiles import Recipe
 from ..train import fit, pick_device
@@ -45,13 +47,17 @@ def module_device(module: nn.Module) -> torch.device:
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
             device: torch.device) -> torch.Tensor:
-    """``fn`` over ``images`` in batches on ``device`` (uint8 -> float [0, 1]), outputs on the CPU."""
+    """``fn`` over ``images`` in batches on ``device`` (uint8 -> float [0, 1]), outputs on the CPU.
+
+    The outputs stay on ``device`` until the last batch: one copy to the host, not one per batch.
+    """
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), autotuned_convolutions(device):
         for chunk in images.split(batch_size):
             x = to_float(chunk.to(device)).contiguous(memory_format=torch.channels_last)
-            out.append(fn(x).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+            with mixed_precision(device):
+                out.append(fn(x).float())
+    return torch.cat(out).cpu() if out else torch.empty(0)
 
 
 def labelled(in_images: torch.Tensor, ood_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,9 +113,10 @@ class ScratchDetector(BinaryDetector):
     """A network trained from scratch on label 1 = victim's data, 0 = ImageNet (the paper's RN18/RN34)."""
 
     def __init__(self, arch: str, image_size: int, recipe: Recipe, *, seed: int = 0,
-                 device: str | torch.device = "auto", batch_size: int = 256, name: str = ""):
+                 device: str | torch.device = "auto", batch_size: int = 256, name: str = "",
+                 compile_model: bool = False):
         super().__init__(image_size, batch_size=batch_size, name=name or f"scratch-{arch}")
-        self.arch, self.recipe, self.seed = arch, recipe, seed
+        self.arch, self.recipe, self.seed, self.compile_model = arch, recipe, seed, compile_model
         torch.manual_seed(seed)
         self.network = build_model(arch, 2, pretrained=False).to(pick_device(device)).eval()
 
@@ -118,7 +125,8 @@ class ScratchDetector(BinaryDetector):
         images, labels = labelled(self.prepare(in_images), self.prepare(ood_images))
         device = module_device(self.network)
         history = fit(self.network, images, labels, self.recipe, seed=self.seed, device=device,
-                      checkpoint=checkpoint, progress=progress, desc=f"{self.name}", eval_batch_size=self.batch_size)
+                      checkpoint=checkpoint, progress=progress, desc=f"{self.name}", eval_batch_size=self.batch_size,
+                      compile_model=self.compile_model)
         self.network.to(device).eval()  # fit hands the model back on the CPU
         self.info.update(history=history, train_seconds=sum(r["train_seconds"] for r in history),
                          train_in=len(in_images), train_ood=len(ood_images))

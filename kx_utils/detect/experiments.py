@@ -26,6 +26,7 @@ from ..api import PredictionAPI
 from ..artifacts import ArtifactStore, artifact_kind, settings_key
 from ..attack import answer_transfer_set
 from ..data import dataset_info
+from ..devices import evaluation_batch_size
 from ..models import SHORT_NAMES, resolve_weights
 from ..profiles import Profile
 from ..train import pick_device
@@ -82,7 +83,7 @@ def backbone_features(profile: Profile, arch: str, images: torch.Tensor, store: 
     backbone = frozen_backbone(arch).to(device)
     producer = {"backbone": arch, "weights": resolve_weights(arch).name}
     feats, from_cache = cached_outputs(store, FEATURES, producer, backbone.features, images,
-                                       profile.eval_batch_size, device)
+                                       evaluation_batch_size(profile), device)
     return (feats, from_cache) if with_source else feats
 
 
@@ -123,7 +124,7 @@ def cv_detector(profile: Profile, victim_key: str, arch: str, starred: bool = Tr
     detector = FrozenBackboneLogistic(
         frozen_backbone(arch).to(pick_device(profile.device)), data.image_size, folds=profile.cv_folds,
         cs=profile.detector_cv_cs, seed=profile.seed, tol=profile.detector_cv_tol,
-        batch_size=profile.eval_batch_size, name=_detector_name(victim_key, row, settings),
+        batch_size=evaluation_batch_size(profile), name=_detector_name(victim_key, row, settings),
         features_fn=lambda images: backbone_features(profile, arch, images, store))
     blob = store.load(DETECTOR, settings)
     if blob is None:  # features of the whole training split (cached once, shared by every variant)
@@ -151,7 +152,8 @@ def scratch_detector(profile: Profile, victim_key: str, arch: str, starred: bool
                 "recipe": profile.detector_recipe.as_dict(), "seed": profile.seed}
     row = detector_row_name(arch, starred, cv=False)
     detector = ScratchDetector(arch, size, profile.detector_recipe, seed=profile.seed, device=profile.device,
-                               batch_size=profile.eval_batch_size, name=_detector_name(victim_key, row, settings))
+                               batch_size=evaluation_batch_size(profile), compile_model=profile.compile_models,
+                               name=_detector_name(victim_key, row, settings))
     blob = store.load(DETECTOR, settings)
     if blob is None:
         in_train = data.kept(data.in_train) if starred else data.in_train
@@ -178,7 +180,8 @@ def detector_scores(profile: Profile, detector, images: torch.Tensor, store: Art
     network = detector.network
     logits, _ = cached_outputs(store, DETECTOR_OUTPUTS, {"detector": detector.name},
                                lambda x: _two_class(network, x),
-                               detector.prepare(images), profile.eval_batch_size, next(network.parameters()).device)
+                               detector.prepare(images), evaluation_batch_size(profile),
+                               next(network.parameters()).device)
     return torch.sigmoid(logits)
 
 
@@ -265,8 +268,9 @@ def _score_settings(victim: Victim, method: str, params: dict, images: torch.Ten
 
 def msp_scores(profile: Profile, victim: Victim, images: torch.Tensor, store: ArtifactStore) -> torch.Tensor:
     model = victim.model.to(pick_device(profile.device)).eval()
+    msp = B.MSP(model, batch_size=evaluation_batch_size(profile))
     return store.cached(OOD_SCORES, _score_settings(victim, "msp", {}, images),
-                        lambda: {"scores": B.MSP(model, batch_size=profile.eval_batch_size).score(images)})["scores"]
+                        lambda: {"scores": msp.score(images)})["scores"]
 
 
 def odin_scores(profile: Profile, victim: Victim, images: torch.Tensor, pairs: Iterable[tuple[float, float]],
@@ -474,7 +478,8 @@ def filter_report(profile: Profile, victim_key: str, detector=None, store: Artif
     benign = store.load(FILTER_BENIGN, benign_settings)
     if benign is None:
         response = PredictionAPI(victim.model, mode="probs", detector=detector, detector_action=action,
-                                 batch_size=profile.eval_batch_size, device=profile.device).respond(data.in_test.images)
+                                 batch_size=evaluation_batch_size(profile), device=profile.device
+                                 ).respond(data.in_test.images)
         benign = {"flagged": response.flagged}
         store.save(FILTER_BENIGN, benign_settings, benign)
     benign_flagged = benign["flagged"].bool()

@@ -17,10 +17,11 @@ import pandas as pd
 
 from .. import paper
 from ..artifacts import REPO_ROOT
+from ..data import dataset_info
 from ..pipeline import NOTEBOOKS, format_seconds
 from .claims import ClaimResult
 from .noise import MARGIN, NOISE_RULE, NOT_EVALUATED, Comparison, show_difference
-from .results import PRODUCER, Results
+from .results import DATA_NOT_PRESENT, PRODUCER, Results
 from .tables import OURS_ONLY_TABLES, TABLE_SPECS, frame_to_markdown
 
 MINI_TARGET_SECONDS = 90 * 60  # the project's target for a whole mini run on a 2-core CPU
@@ -274,6 +275,9 @@ def render_report(results: Results, tables: dict[str, pd.DataFrame], missing: di
           f"Profile `{profile}`: {settings.get('description', '')}", "", seeds_line(settings), ""]
     have = [nb for nb in NOTEBOOKS if nb in results.documents]
     md.append(f"Results present: {len(have)} of {len(NOTEBOOKS)} notebooks.")
+    for key, why in results.data_not_present.items():
+        md += ["", f"**Data not present:** {dataset_info(key).paper_name} — its rows read *data not present* "
+                   f"and what needs it is not evaluated ({why})."]
     if results.missing_notebooks:
         md += ["", "**Missing** (the parts that need them are left out or marked *not evaluated*):", ""]
         md += [f"- `{nb}` — produce it with {_missing_hint(profile, nb)}" for nb in results.missing_notebooks]
@@ -285,6 +289,8 @@ def render_report(results: Results, tables: dict[str, pd.DataFrame], missing: di
             if spec.caption:
                 md += [spec.caption, ""]
             md += [frame_to_markdown(tables[spec.key]), "", f"Files: `{spec.key}.csv`, `{spec.key}.md`.", ""]
+        elif DATA_NOT_PRESENT in missing[spec.key]:
+            md += [f"*{missing[spec.key]}*", ""]
         else:
             md += [f"*{missing[spec.key]}* — produce it with {_missing_hint(profile, PRODUCER[spec.key])}.", ""]
     extra = [(k, t) for k, t in OURS_ONLY_TABLES if k in tables]

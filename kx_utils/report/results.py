@@ -39,6 +39,9 @@ PRODUCER = {
     "section_5_2_2": "06_in_distribution",
 }
 DOCUMENT_PARTS = ("tables", "figures", "values")
+# results that need a dataset a profile may go without (kx_utils.data.DatasetInfo.standin_optional)
+NEEDS_DATA = {"section_5_1_3": "diabetic5"}
+DATA_NOT_PRESENT = "data not present"
 
 # the paper's test-set sizes beyond Table 1 (§4.2.1: 10,000 ImageNet and 20,000 OpenImages test images;
 # §5.2.2: 380 Bing images for each of the 256 Caltech classes; §3: 100,000 ImageNet queries)
@@ -77,6 +80,14 @@ class Results:
     def missing_notebooks(self) -> list[str]:
         return [nb for nb in NOTEBOOKS if nb not in self.documents]
 
+    @property
+    def data_not_present(self) -> dict[str, str]:
+        """dataset key -> why, for the optional datasets the notebooks ran without."""
+        absent = {}
+        for doc in self.documents.values():
+            absent.update(doc.get("data_not_present") or {})
+        return absent
+
     def find(self, key: str):
         """The table, figure or value ``key`` of the notebook that produces it, or None."""
         doc = self.documents.get(PRODUCER[key])
@@ -90,6 +101,9 @@ class Results:
 
     def require(self, key: str):
         found = self.find(key)
+        if found is None and NEEDS_DATA.get(key) in self.data_not_present:
+            from ..data import dataset_info
+            raise MissingData(key, None, f"{DATA_NOT_PRESENT}: {dataset_info(NEEDS_DATA[key]).paper_name}")
         if found is None:
             notebook = PRODUCER[key]
             if notebook in self.documents:

@@ -18,7 +18,7 @@ import pandas as pd
 from .. import paper
 from ..tables import measure_table, side_by_side, to_markdown
 from .checks import batch_columns
-from .results import MissingData, Results, paper_results, victim_names
+from .results import DATA_NOT_PRESENT, MissingData, Results, paper_results, victim_names
 
 # Table 4 in long form: one row per victim and method, so every method fits beside the paper
 TABLE4_METHODS = (("ours", "ours"), ("msp", "MSP"), ("odin_published", "ODIN (published)"),
@@ -212,12 +212,36 @@ def build_tables(results: Results) -> tuple[dict[str, pd.DataFrame], dict[str, s
         row_names, rows = dict(names), None
         if spec.prepare:
             ours, paper_rows, rows, row_names, spec = spec.prepare(ours, paper_rows, row_names, spec)
-        tables[spec.key] = comparison_frame(ours, paper_rows, spec, row_names, rows)
+        frame = comparison_frame(ours, paper_rows, spec, row_names, rows)
+        tables[spec.key] = mark_not_present(frame, not_present_rows(results, row_names))
     for key, _ in OURS_ONLY_TABLES:
         found = results.find(key)
         if isinstance(found, dict) and found and all(isinstance(r, dict) for r in found.values()):
             tables[key] = _ours_only_frame(found)
     return tables, missing
+
+
+def not_present_rows(results: Results, row_names: Mapping[str, str]) -> set[str]:
+    """The shown names of the rows whose data was not present: victims (``diabetic5``, and Table 4's
+    ``diabetic5/<method>``) or datasets (Table 1) the notebooks ran without."""
+    from ..victims import VICTIMS
+
+    absent = set(results.data_not_present)
+    keys = absent | {k for k, spec in VICTIMS.items() if spec.dataset in absent}
+    return {name for row, name in row_names.items() if row.split("/")[0] in keys}
+
+
+def mark_not_present(frame: pd.DataFrame, rows: set[str]) -> pd.DataFrame:
+    """Our cells of ``rows`` read "data not present" (the paper's stay beside them)."""
+    shown = [r for r in frame.index if r in rows]
+    if not shown:
+        return frame
+    frame = frame.copy()
+    ours = [c for c in frame.columns if isinstance(c, tuple) and c[1] != "paper"]
+    for row in shown:
+        for col in ours:
+            frame.loc[row, col] = DATA_NOT_PRESENT if col[1] == "ours" else None
+    return frame
 
 
 def _csv_cell(value):
