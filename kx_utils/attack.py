@@ -313,7 +313,7 @@ def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, an
     history = fit(model, images, targets, recipe, eval_sets=eval_sets, seed=seed,
                   device=pick_device(profile.device),
                   checkpoint=store.scratch_path(SURROGATE, settings, "ckpt"),
-                  progress=profile.progress, desc=f"surrogate of {victim.name}",
+                  progress=profile.progress, desc=f"surrogate of {victim.name}, seed {seed}",
                   eval_batch_size=evaluation_batch_size(profile), frozen_blocks=profile.surrogate_frozen_blocks,
                   evaluate_every_epoch=test_curve, compile_model=profile.compile_models)
     pred = predict_logits(model, test.images, evaluation_batch_size(profile), pick_device(profile.device)).argmax(1)

@@ -171,7 +171,7 @@ def _train_victim(profile: Profile, key: str, settings: dict, store: ArtifactSto
     history = fit(model, train.images, train.labels, recipe, eval_sets={"test": (test.images, test.labels)},
                   seed=profile.seed, device=pick_device(profile.device),
                   checkpoint=store.scratch_path(VICTIM, settings, "ckpt"), progress=profile.progress,
-                  desc=victim_name(profile, key), eval_batch_size=evaluation_batch_size(profile),
+                  desc=f"victim {victim_name(profile, key)}", eval_batch_size=evaluation_batch_size(profile),
                   compile_model=profile.compile_models)
     seconds = time.perf_counter() - t0
     pred = predict_logits(model, test.images, evaluation_batch_size(profile), pick_device(profile.device)).argmax(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@dataclass
+class SmokeEnv:
+    runs: Path
+    cache: Path
+
+
+@pytest.fixture(scope="session")
+def smoke_env(tmp_path_factory) -> SmokeEnv:
+    """The KX_RUNS and KX_CACHE of tests/test_notebooks.py's smoke runs, empty at first: its first run of
+    01 trains every victim there.  tests/test_notebooks_in_browser.py, which runs after it, starts from a
+    copy of those victims, as a reader who ran 01 before opening 02."""
+    if not os.environ.get("KX_DATA"):
+        pytest.skip("KX_DATA is not set: the notebook checks need the stand-in datasets")
+    env = SmokeEnv(tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("kx_cache"))
+    assert not any(env.cache.iterdir())  # nothing cached yet: the first run computes everything
+    return env
 
 
 # ---------------------------------------------------------------- the fault-injection ledger

@@ -11,35 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SmokeEnv
 
 pytestmark = pytest.mark.notebooks
 
 
-@dataclass
-class SmokeEnv:
-    runs: Path
-    cache: Path
-
-
-@pytest.fixture(scope="module")
-def smoke_env(tmp_path_factory) -> SmokeEnv:
-    if not os.environ.get("KX_DATA"):
-        pytest.skip("KX_DATA is not set: the notebook checks need the stand-in datasets")
-    env = SmokeEnv(tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("kx_cache"))
-    assert not any(env.cache.iterdir())  # nothing cached yet: the first run computes everything
-    return env
-
-
 def _run(notebook: str, env: SmokeEnv, **parameters) -> dict:
     import papermill as pm
-    saved = {key: os.environ.get(key) for key in ("KX_RUNS", "KX_CACHE")}
+    saved = {key: os.environ.get(key) for key in ("KX_RUNS", "KX_CACHE", "PYTHONPATH")}
     os.environ["KX_RUNS"], os.environ["KX_CACHE"] = str(env.runs), str(env.cache)  # the kernel inherits them
+    # ... and imports this checkout's kx_utils, whichever one the environment has installed
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved["PYTHONPATH"]]))
     try:
         pm.execute_notebook(str(REPO / "notebooks" / f"{notebook}.ipynb"), str(env.runs / f"{notebook}.ipynb"),
                             parameters={"profile": "smoke", **parameters}, progress_bar=False,

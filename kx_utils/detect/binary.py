@@ -125,8 +125,8 @@ class ScratchDetector(BinaryDetector):
         images, labels = labelled(self.prepare(in_images), self.prepare(ood_images))
         device = module_device(self.network)
         history = fit(self.network, images, labels, self.recipe, seed=self.seed, device=device,
-                      checkpoint=checkpoint, progress=progress, desc=f"{self.name}", eval_batch_size=self.batch_size,
-                      compile_model=self.compile_model)
+                      checkpoint=checkpoint, progress=progress, desc=f"detector {self.name}",
+                      eval_batch_size=self.batch_size, compile_model=self.compile_model)
         self.network.to(device).eval()  # fit hands the model back on the CPU
         self.info.update(history=history, train_seconds=sum(r["train_seconds"] for r in history),
                          train_in=len(in_images), train_ood=len(ood_images))
