@@ -198,6 +198,9 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
         t4 = add(f"detection/table4/{key}", "detection", "kx_utils.detect:table4_result", key,
                  after=(victim[key], "detection/cv_arch"))
         add(f"detection/filter/{key}", "detection", "kx_utils.detect:filter_report", key, after=(t4,))
+    if pretrained:  # 03's demonstration of the API with the detector in front, on its first victim
+        add("detection/api_demo", "detection", "kx_utils.detect:api_demo", pretrained[0],
+            after=(f"detection/table4/{pretrained[0]}",))
 
     # 04: Tables 5 and 6, 5.1.3
     s5 = section5_attack(P, plan)

@@ -73,9 +73,6 @@ def test_ray_grid_stores_what_the_serial_grid_stores(grids):
     assert not differing, f"{len(differing)} of {len(serial_files)} artifacts differ: {differing[:5]}"
 
 
-# Known gap, kept visible: one notebook still computes one feature set (2 files under features/) that
-# the grid does not make yet. strict: once the grid makes it, this test passes and the marker must go.
-@pytest.mark.xfail(strict=True, reason="the grid does not yet make one feature set a notebook computes")
 def test_notebooks_after_the_grid_train_nothing(grids, tmp_path, monkeypatch):
     cache = grids["ray"][0]
     before = {name: path.stat().st_mtime_ns for name, path in _files(cache).items()}

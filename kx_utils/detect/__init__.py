@@ -9,7 +9,7 @@
 """
 
 from .binary import IN_LABEL, OOD_LABEL, BinaryDetector, FrozenBackboneLogistic, ScratchDetector, fit_logistic_cv
-from .experiments import (BASELINE_COLUMNS, TABLE3_VICTIM, Table4Result, backbone_features, choose_cv_arch,
+from .experiments import (BASELINE_COLUMNS, api_demo, TABLE3_VICTIM, Table4Result, backbone_features, choose_cv_arch,
                           cv_detector, detector_row_name, detector_scores, filter_report, get_detector,
                           overlap_rows, paper_row, scratch_detector, table3_rows, table4_result, tune_baselines,
                           unseen_imagenet_queries)
@@ -19,7 +19,7 @@ from .sets import DetectionData, detection_data, unseen_mask
 
 __all__ = [
     "IN_LABEL", "OOD_LABEL", "BinaryDetector", "FrozenBackboneLogistic", "ScratchDetector", "fit_logistic_cv",
-    "BASELINE_COLUMNS", "TABLE3_VICTIM", "Table4Result", "backbone_features", "choose_cv_arch", "cv_detector",
+    "BASELINE_COLUMNS", "TABLE3_VICTIM", "api_demo", "Table4Result", "backbone_features", "choose_cv_arch", "cv_detector",
     "detector_row_name", "detector_scores", "filter_report", "get_detector", "overlap_rows", "paper_row",
     "scratch_detector", "table3_rows", "table4_result", "tune_baselines", "unseen_imagenet_queries",
     "auroc", "fpr_at_tpr", "rates", "threshold_at_tnr", "tpr_at_tnr", "true_negative_rate", "true_positive_rate",

@@ -530,3 +530,22 @@ def overlap_rows(profile: Profile, victim_keys: Iterable[str], store: ArtifactSt
                      "train_kept": len(data.kept(data.in_train)), "train": len(data.in_train),
                      "test_kept": len(data.kept(data.in_test)), "test": len(data.in_test)}
     return rows
+
+
+def api_demo(profile: Profile, victim_key: str, per_side: int = 4, store: ArtifactStore | None = None) -> list[dict]:
+    """The detector in front of the victim's API on a handful of queries: ``per_side`` ImageNet test
+    images, then as many of the victim's own test images, each answered with a label when flagged.
+
+    One dict per query: its origin, whether it was flagged, the answer's top value and its number of
+    non-zero entries (1 for a label, the class count for a full probability vector).
+    """
+    store = store or ArtifactStore(profile.cache_root)
+    victim, detector = get_victim(profile, victim_key, store), get_detector(profile, victim_key, store)
+    data = detection_data(profile, victim_key, store)
+    queries = torch.cat([data.ood_test.images[:per_side], data.in_test.images[:per_side]])
+    origins = ["ImageNet"] * len(data.ood_test.images[:per_side]) + [victim.name.split("-")[0]] * len(
+        data.in_test.images[:per_side])
+    response = PredictionAPI(victim.model, detector=detector, detector_action="label",
+                             device=profile.device).respond(queries)
+    return [{"origin": origin, "flagged": bool(flag), "top": float(answer.max()), "non_zero": int((answer > 0).sum())}
+            for origin, flag, answer in zip(origins, response.flagged.tolist(), response.answers)]
