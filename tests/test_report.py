@@ -608,3 +608,14 @@ def test_the_report_of_a_smoke_run_evaluates_every_claim_and_writes_every_table(
     text = (outcome.folder / "report.md").read_text()
     assert "not produced" not in text and "not evaluated (" not in text
     assert str(REPO_ROOT) not in text and str(tmp_path) not in text
+
+
+def test_a_new_report_keeps_the_benchmark_another_command_wrote_and_drops_its_own_old_files(runs, tmp_path):
+    write_documents(runs, {"02_knockoff": document("02_knockoff", tables={"table2": {}})})
+    out = write_report("smoke", out=tmp_path / "fig").folder
+    (out / "bench.md").write_text("# measured by bench\n")
+    (out / "stale_table.md").write_text("from an older report\n")
+    outcome = write_report("smoke", out=tmp_path / "fig")
+    assert (outcome.folder / "bench.md").read_text() == "# measured by bench\n"
+    assert "bench.md" in outcome.files
+    assert not (outcome.folder / "stale_table.md").exists()

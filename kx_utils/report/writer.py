@@ -87,6 +87,20 @@ def _clean_leftovers(out: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+# Files another command writes into figures/<profile>/ (`python -m kx_utils bench --out ... --json ...`):
+# the report does not make them, so a new report keeps them (each carries its own date and machine)
+KEPT_FROM_OTHER_COMMANDS = ("bench.md", "bench.json")
+
+
+def _keep_other_commands_files(old: Path, building: Path) -> list[str]:
+    kept = []
+    for name in KEPT_FROM_OTHER_COMMANDS:
+        if (old / name).is_file() and not (building / name).exists():
+            shutil.copy2(old / name, building / name)
+            kept.append(name)
+    return kept
+
+
 def _draw_figures(results: Results, folder: Path) -> tuple[list[str], dict[str, str]]:
     files, figures = [], {}
     names = victim_names(results)
@@ -127,6 +141,8 @@ def write_report(profile_name: str, runs: str | os.PathLike | None = None,
         report = render_report(results, tables, missing, claims, figures)
         atomic_write_text(building / "report.md", scrub(report, replacements))
         files.append("report.md")
+        if out.is_dir():
+            files += _keep_other_commands_files(out, building)
         os.chmod(building, 0o755)
         old = None
         if out.exists():
