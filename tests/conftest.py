@@ -93,6 +93,60 @@ def smoke_env(tmp_path_factory) -> SmokeEnv:
     return env
 
 
+# ---------------------------------------------------------------- the smoke grid, then the notebooks
+
+# A batch size above 64, so that the report's claim 5 has something to judge (smoke trains 16 and 64)
+SMOKE_GRID_OVERRIDES = {"batch_sizes": [64, 128]}
+
+
+def cache_files(root: Path) -> dict[str, Path]:
+    """The artifacts under a cache folder: not its lock files (".reproduce.lock") nor training checkpoints."""
+    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()
+            and p.suffix != ".ckpt" and not p.name.startswith(".")}
+
+
+@dataclass
+class SmokeGrid:
+    caches: dict  # executor name -> the cache its grid filled
+    reports: dict  # executor name -> its GridReport
+    runs: Path  # the six notebooks' results, run on the Ray grid's cache with every fit() forbidden
+    state: dict  # reproduce's pipeline state of that run
+    before: dict  # artifact -> mtime, before the notebooks ran
+    after: dict  # ... and after
+
+
+@pytest.fixture(scope="session")
+def smoke_grid(tmp_path_factory) -> SmokeGrid:
+    """The smoke grid on Ray (two workers) and serially (notebooks 01-02's tasks, for CI's time), one
+    torch thread per task on both sides; then ``reproduce`` on the Ray cache with training forbidden.
+    tests/test_grid_smoke.py checks the grids, tests/test_report.py builds the report from those runs."""
+    if not os.environ.get("KX_DATA"):
+        pytest.skip("KX_DATA is not set: the grid needs the stand-in datasets")
+    pytest.importorskip("ray")
+    from kx_utils.executors import make_executor, run_grid, shareable
+    from kx_utils.grid import grid_tasks
+    from kx_utils.pipeline import reproduce
+    from kx_utils.train import NO_TRAINING_ENV
+
+    caches, reports = {}, {}
+    for name, workers, notebooks in (("ray", 2, None), ("serial", None, ("01_victims", "02_knockoff"))):
+        cache = tmp_path_factory.mktemp(f"cache_{name}")
+        profile = shareable(get_profile("smoke", cache_root=str(cache), **SMOKE_GRID_OVERRIDES))
+        report = run_grid(grid_tasks(profile, notebooks), make_executor(name, profile, workers=workers, threads=1),
+                          log=lambda m: None)
+        assert report.ok, report.text()
+        caches[name], reports[name] = cache, report
+    runs = tmp_path_factory.mktemp("runs_after_grid")
+    before = {name: path.stat().st_mtime_ns for name, path in cache_files(caches["ray"]).items()}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KX_CACHE", str(caches["ray"]))
+        mp.setenv("KX_RUNS", str(runs))  # the notebooks' kernels write their JSON there
+        mp.setenv(NO_TRAINING_ENV, "1")  # any fit() in a notebook raises
+        state = reproduce("smoke", runs=runs, overrides=SMOKE_GRID_OVERRIDES, log=lambda line: None)
+    after = {name: path.stat().st_mtime_ns for name, path in cache_files(caches["ray"]).items()}
+    return SmokeGrid(caches, reports, runs, state, before, after)
+
+
 # ---------------------------------------------------------------- the fault-injection ledger
 
 # Each fault-injection test records what it did (tests/test_faults*.py, tests/test_integrity.py,

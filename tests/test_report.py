@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -583,17 +582,11 @@ def test_time_from_an_empty_cache_sums_every_command_since(runs, tmp_path):
 
 
 @pytest.mark.notebooks
-def test_the_report_of_a_smoke_run_evaluates_every_claim_and_writes_every_table(tmp_path, monkeypatch):
-    """Runs the six notebooks on ``smoke`` (minutes; the artifact cache ``$KX_CACHE`` makes reruns cheap) and
-    builds the report from their JSON: every key the report reads must be where the notebooks write it."""
-    if not os.environ.get("KX_DATA"):
-        pytest.skip("KX_DATA is not set: the smoke run needs the stand-in datasets")
-    from kx_utils.pipeline import reproduce
-
-    runs = tmp_path / "runs"
-    monkeypatch.setenv("KX_RUNS", str(runs))  # the notebooks' kernels write their JSON there
-    # a batch size above 64, so that claim 5 has something to judge (smoke trains 16 and 64 only)
-    reproduce("smoke", runs=runs, overrides={"batch_sizes": [64, 128]}, log=lambda line: None)
+def test_the_report_of_a_smoke_run_evaluates_every_claim_and_writes_every_table(smoke_grid, tmp_path):
+    """Builds the report from the JSON of the six notebooks run on ``smoke`` (on the cache of the smoke grid,
+    tests/conftest.py, with batch sizes 64 and 128 so that claim 5 has something to judge): every key the
+    report reads must be where the notebooks write it."""
+    runs = smoke_grid.runs
     outcome = write_report("smoke", runs=runs, out=tmp_path / "fig")
 
     assert outcome.missing_notebooks == [] and outcome.missing_parts == {}
