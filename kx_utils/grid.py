@@ -58,7 +58,7 @@ class Task:
     @property
     def key(self) -> str:
         """A digest of the call itself (function and arguments)."""
-        return settings_key({"function": self.function, "args": list(self.args), "kwargs": _plain(self.kwargs)})
+        return settings_key({"function": self.function, "args": _plain(list(self.args)), "kwargs": _plain(self.kwargs)})
 
     def artifact(self, profile: Profile) -> tuple[str, dict] | None:
         """(kind, settings) of the artifact this task makes, where they follow from the settings
@@ -74,7 +74,7 @@ class Task:
     def describe(self) -> dict:
         return {"name": self.name, "notebook": self.notebook, "also_for": list(self.also_for),
                 "function": self.function,
-                "args": list(self.args), "kwargs": _plain(self.kwargs), "after": list(self.after)}
+                "args": _plain(list(self.args)), "kwargs": _plain(self.kwargs), "after": list(self.after)}
 
 
 def _plain(value: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from kx_utils import get_profile
 from kx_utils.attack import SURROGATE, BudgetError, knockoff, surrogate_settings
 from kx_utils.executors import SerialExecutor, make_executor, run_grid
+from kx_utils.experiments import section5_attack
 from kx_utils.grid import Task, grid_tasks, missing_tasks
 from kx_utils.seeds import seeds_for
 from kx_utils.train import NO_TRAINING_ENV, TrainingForbiddenError, fit
@@ -42,6 +44,15 @@ def test_grid_tasks_follow_the_profile_plan():
     order = list(tasks)
     for task in tasks.values():  # dependencies come first
         assert all(order.index(d) < order.index(task.name) for d in task.after)
+
+
+@pytest.mark.parametrize("name", ["smoke", "mini"])
+def test_every_task_describes_itself_as_json_for_grid_json(name):
+    tasks = grid_tasks(get_profile(name))
+    described = json.loads(json.dumps([t.describe() for t in tasks]))  # a Recipe among the args raised here
+    pair = next(d for d in described if d["function"] == "kx_utils.grid:section_5_1_3_pair")
+    recipe = section5_attack(get_profile(name), get_profile(name).section5)["recipe"]
+    assert pair["args"][1] == json.loads(json.dumps(recipe.as_dict()))
 
 
 def test_grid_for_some_notebooks_keeps_what_they_need():
