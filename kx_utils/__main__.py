@@ -161,6 +161,11 @@ def _run_grid(profile_name: str, overrides: dict, args, only=None) -> bool:
     todo = missing_tasks(tasks, profile)
     print(f"kx grid: profile {profile.name}, {len(tasks)} tasks, {len(tasks) - len(todo)} already in the cache")
     executor = make_executor(args.executor, profile, args.workers, args.threads, args.address)
+    if executor.slots > 1:  # parallel workers take the ready task heading the longest chain of work first
+        from .projection import critical_path_order, estimated_seconds
+        by_name = {t.name: t for t in todo}
+        order = critical_path_order(estimated_seconds(profile, todo), {t.name: t.after for t in todo}, list(by_name))
+        todo = [by_name[name] for name in order]
     report = run_grid(todo, executor)
     print(report.text())
     atomic_write_text(run_dir(profile.name) / "grid.json", json.dumps(report.as_dict(), indent=1) + "\n")

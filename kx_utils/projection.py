@@ -257,15 +257,39 @@ def list_schedule(durations: dict[str, float], after: dict[str, tuple[str, ...]]
     return max(ends.values(), default=0.0)
 
 
+def critical_path_order(durations: dict[str, float], after: dict[str, tuple[str, ...]], order: list[str]) -> list[str]:
+    """``order`` (dependencies first) re-sorted by each task's upward rank, longest first: its own time
+    plus the longest chain of tasks that wait on it.  Workers that take ready tasks in this order start
+    the long chains first, instead of leaving one long task to run alone at the end.  The result still
+    lists every dependency before its dependents (ties keep ``order``)."""
+    dependents: dict[str, list[str]] = {name: [] for name in order}
+    for name in order:
+        for d in after[name]:
+            if d in dependents:
+                dependents[d].append(name)
+    rank: dict[str, float] = {}
+    for name in reversed(order):
+        rank[name] = durations[name] + max((rank[m] for m in dependents[name]), default=0.0)
+    index = {name: i for i, name in enumerate(order)}
+    return sorted(order, key=lambda name: (-rank[name], index[name]))
+
+
+def estimated_seconds(profile: Profile, tasks: list[Task], throughput: Throughput | None = None) -> dict[str, float]:
+    """Each task's time at ``throughput`` (default: the stated GPU throughput): on a CPU only the ratios
+    between tasks mean anything, which is all :func:`critical_path_order` needs."""
+    throughput = throughput or Throughput()
+    return {t.name: sum(w.images / throughput.images_per_s(w.section, w.arch, w.size) for w in task_work(profile, t))
+            for t in tasks}
+
+
 def project(profile: Profile, throughput: Throughput | None = None, gpus: tuple[int, ...] = (1, 8)) -> Projection:
     throughput = throughput or Throughput()
     tasks = grid_tasks(profile)
-    seconds = {t.name: sum(w.images / throughput.images_per_s(w.section, w.arch, w.size)
-                           for w in task_work(profile, t)) for t in tasks}
+    seconds = estimated_seconds(profile, tasks, throughput)
     per_notebook: dict[str, float] = {}
     for t in tasks:
         per_notebook[t.notebook] = per_notebook.get(t.notebook, 0.0) + seconds[t.name]
     after = {t.name: t.after for t in tasks}
-    order = [t.name for t in tasks]
+    order = critical_path_order(seconds, after, [t.name for t in tasks])  # as `grid --executor ray` runs them
     return Projection(profile.name, tuple(gpus), dict(sorted(per_notebook.items())),
                       {n: list_schedule(seconds, after, order, n) for n in gpus}, len(tasks), throughput.used)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from kx_utils import get_profile
-from kx_utils.projection import (STATED_CEILING_IMAGES_PER_S, Throughput, Work, list_schedule, load_bench, project,
-                                 surrogate_work)
+from kx_utils.projection import (STATED_CEILING_IMAGES_PER_S, Throughput, Work, critical_path_order, list_schedule,
+                                 load_bench, project, surrogate_work)
 
 
 def test_list_schedule_by_hand():
@@ -72,3 +72,20 @@ def test_plan_rejects_zero_gpus(capsys):
     from kx_utils.__main__ import main
     assert main(["plan", "--profile", "smoke", "--gpus", "0"]) == 2
     assert "positive counts" in capsys.readouterr().err
+
+
+def test_the_task_heading_the_longest_chain_goes_first_and_dependencies_stay_first():
+    # a (1 s) -> b (10 s); c 6 s; d 5 s; listed as the grid lists them
+    durations = {"a": 1.0, "c": 6.0, "d": 5.0, "b": 10.0}
+    after = {"a": (), "c": (), "d": (), "b": ("a",)}
+    order = critical_path_order(durations, after, ["a", "c", "d", "b"])
+    assert order == ["a", "b", "c", "d"]  # ranks: a 11, b 10, c 6, d 5
+    # two workers: a (0-1), b (1-11), c (1-7), d (7-12); in the listed order b starts last: 6-16
+    assert list_schedule(durations, after, order, 2) == 12.0
+    assert list_schedule(durations, after, ["a", "c", "d", "b"], 2) == 16.0
+    long_last = {"x": 3.0, "y": 3.0, "z": 6.0}
+    none = {k: () for k in long_last}
+    assert list_schedule(long_last, none, ["x", "y", "z"], 2) == 9.0
+    assert list_schedule(long_last, none, critical_path_order(long_last, none, ["x", "y", "z"]), 2) == 6.0
+    # a zero-time dependency ties with its dependent and still comes first
+    assert critical_path_order({"p": 0.0, "q": 4.0}, {"p": (), "q": ("p",)}, ["p", "q"]) == ["p", "q"]
