@@ -196,11 +196,12 @@ def test_sigkill_at_seeded_random_moments_then_rerun_loses_nothing(uninterrupted
                 _kill_tree(process.pid)
                 process.wait()
                 kills += 1
-                hit[_running_notebook(runs)] = hit.get(_running_notebook(runs), 0) + 1
+                hit_in = _running_notebook(runs)
+                hit[hit_in] = hit.get(hit_in, 0) + 1
                 unloadable = _unloadable(cache)
                 storm_kills.append(not unloadable)
                 problems += [f"storm {storms}, kill after {delay:.1f}s: {u}" for u in unloadable]
-                _progress(f"kill {kills} (storm {storms}) after {delay:.1f} s, in {_running_notebook(runs)}: "
+                _progress(f"kill {kills} (storm {storms}) after {delay:.1f} s, in {hit_in}: "
                           f"{len(unloadable)} unloadable, "
                           f"{sum(1 for _ in cache.rglob('*.tmp'))} temporary file(s) left")
                 continue

@@ -542,9 +542,9 @@ def api_demo(profile: Profile, victim_key: str, per_side: int = 4, store: Artifa
     store = store or ArtifactStore(profile.cache_root)
     victim, detector = get_victim(profile, victim_key, store), get_detector(profile, victim_key, store)
     data = detection_data(profile, victim_key, store)
-    queries = torch.cat([data.ood_test.images[:per_side], data.in_test.images[:per_side]])
-    origins = ["ImageNet"] * len(data.ood_test.images[:per_side]) + [victim.name.split("-")[0]] * len(
-        data.in_test.images[:per_side])
+    ood, own = data.ood_test.images[:per_side], data.in_test.images[:per_side]
+    queries = torch.cat([ood, own])
+    origins = ["ImageNet"] * len(ood) + [victim.name.split("-")[0]] * len(own)
     response = PredictionAPI(victim.model, detector=detector, detector_action="label",
                              device=profile.device).respond(queries)
     return [{"origin": origin, "flagged": bool(flag), "top": float(answer.max()), "non_zero": int((answer > 0).sum())}
