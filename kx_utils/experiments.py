@@ -201,23 +201,36 @@ def figure1_data(result: KnockoffResult, classes: Sequence[str], n_gaps: int = 2
 # --------------------------------------------------------------------------- 5.2.1
 
 
+def equal_steps_epochs(budget: int, batch_size: int, epochs: int, reference: int = 64) -> int:
+    """Epochs at ``batch_size`` that take as many SGD steps as ``epochs`` at ``reference`` on ``budget``
+    queries (rounded; at least one)."""
+    steps = epochs * math.ceil(budget / reference)
+    return max(1, round(steps / math.ceil(budget / batch_size)))
+
+
 def batch_size_rows(profile: Profile, victims: Iterable[str], batch_sizes: Iterable[int],
-                    store: ArtifactStore | None = None, on_result: Callable | None = None, **attack_args
-                    ) -> tuple[dict, dict]:
+                    store: ArtifactStore | None = None, on_result: Callable | None = None,
+                    equal_steps: bool = False, **attack_args) -> tuple[dict, dict]:
     """Table 7: the surrogate's last-epoch accuracy per training batch size, for each victim.
 
     Returns ``(rows, results)``: ``rows[victim] = {name, victim_acc, bs<b>, bs<b>_seeds...,
-    best_batch_size}`` and ``results[victim][b]`` the list of KnockoffResults, one per seed
-    (batch size 16 on the seeds of ``table7_bs16``, the others on those of ``table7``).  The
-    number of epochs is fixed, so a larger batch means fewer SGD steps, as in the paper.
+    best_batch_size, epochs, steps_per_epoch, seeds_per_batch_size}`` and ``results[victim][b]``
+    the list of KnockoffResults, one per seed (batch size 16 on the seeds of ``table7_bs16``, the
+    others on those of ``table7``).  The number of epochs is fixed, so a larger batch means fewer SGD
+    steps, as in the paper.  With ``equal_steps`` (the plan's ``table7_equal_steps``) the largest
+    batch size is also trained for as many steps as batch 64 (:func:`equal_steps_epochs`), on the
+    seeds of ``table7_equal_steps``: the row gains ``bs<b>_equal_steps`` and ``equal_steps_epochs``,
+    and ``results[victim]["equal_steps"]`` holds those runs.
     """
     store = store or ArtifactStore(profile.cache_root)
+    batch_sizes = list(batch_sizes)
+    recipe = attack_args.pop("recipe", None) or profile.surrogate_recipe
     rows, results = {}, {}
     for key in victims:
         results[key] = {}
         for b in batch_sizes:
             experiment = "table7_bs16" if b == 16 else "table7"
-            runs = knockoff_seeds(profile, key, experiment, batch_size=b, store=store, **attack_args)
+            runs = knockoff_seeds(profile, key, experiment, batch_size=b, recipe=recipe, store=store, **attack_args)
             results[key][b] = runs
             if on_result:
                 for run in runs:
@@ -227,8 +240,21 @@ def batch_size_rows(profile: Profile, victims: Iterable[str], batch_sizes: Itera
         for b, runs in results[key].items():
             row.update(seeded(f"bs{b}", [r.final_accuracy for r in runs]))
         row["best_batch_size"] = max(results[key], key=lambda b: (row[f"bs{b}"], -b))
+        row["epochs"] = recipe.epochs
         row["steps_per_epoch"] = {f"bs{b}": math.ceil(runs[0].budget / b) for b, runs in results[key].items()}
         row["seeds_per_batch_size"] = {f"bs{b}": len(runs) for b, runs in results[key].items()}
+        control = max(batch_sizes)
+        if equal_steps and 64 in batch_sizes and control > 64:
+            epochs = equal_steps_epochs(first.budget, control, recipe.epochs)
+            runs = knockoff_seeds(profile, key, "table7_equal_steps", batch_size=control,
+                                  recipe=recipe.replace(epochs=epochs), store=store, **attack_args)
+            results[key]["equal_steps"] = runs
+            if on_result:
+                for run in runs:
+                    on_result(key, control, run)
+            row.update(seeded(f"bs{control}_equal_steps", [r.final_accuracy for r in runs]))
+            row["equal_steps_epochs"] = {f"bs{control}": epochs}
+            row["equal_steps_seeds"] = [r.settings["seed"] for r in runs]
         rows[key] = row
     return rows, results
 

@@ -143,7 +143,7 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
 
     ``notebooks`` keeps the tasks of those notebooks and whatever they depend on.
     """
-    from .experiments import EXTRA_FORMATS, PAPER_FORMATS, section5_attack, table2_attack
+    from .experiments import EXTRA_FORMATS, PAPER_FORMATS, equal_steps_epochs, section5_attack, table2_attack
     from .victims import PRETRAINED_VICTIMS
     from .data import absent_optional_datasets
     from .seeds import seeds_for
@@ -221,11 +221,18 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
             after=(victim["gtsrb"],))
 
     # 05: Table 7, Figure 2
+    table7_sizes = tuple(plan.table7_batch_sizes or P.batch_sizes)
     for key in [k for k in plan.table7_victims or victim_keys if k in victim_keys]:
-        for b in plan.table7_batch_sizes or P.batch_sizes:
+        for b in table7_sizes:
             for seed in seeds_for(P, "table7_bs16" if b == 16 else "table7"):
                 surrogate(f"surrogate/table7/{key}/bs{b}/seed{seed}", "hyperparameters", key, batch_size=b,
                           seed=seed, **s5)
+        control = max(table7_sizes)
+        if plan.table7_equal_steps and 64 in table7_sizes and control > 64:
+            epochs = equal_steps_epochs(s5["budget"], control, s5["recipe"].epochs)
+            for seed in seeds_for(P, "table7_equal_steps"):
+                surrogate(f"surrogate/table7/{key}/bs{control}_equal_steps/seed{seed}", "hyperparameters", key,
+                          batch_size=control, seed=seed, **{**s5, "recipe": s5["recipe"].replace(epochs=epochs)})
     long_recipe = P.surrogate_recipe.replace(epochs=plan.figure2_epochs or P.surrogate_recipe.epochs)
     for key in [k for k in plan.figure2_victims if k in victim_keys]:
         for seed in seeds_for(P, "figure2"):

@@ -472,6 +472,8 @@ def _recipe_text(recipe) -> str:
 
 def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
     """Notebooks 04-06, with the sizes of the profile's Section 5 plan (``p.section5``)."""
+    from .experiments import equal_steps_epochs
+
     s5 = p.section5
     budget, epochs = s5.budget or p.transfer_budget, s5.epochs or p.surrogate_recipe.epochs
     extra = s5.extra_format_victims or ()
@@ -480,6 +482,9 @@ def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
     f2 = (f"Figure 2: {', '.join(s5.figure2_victims)} with {s5.figure2_budget or p.transfer_budget:,} queries for "
           f"{s5.figure2_epochs or p.surrogate_recipe.epochs} epochs")
     control = " (and the same grid on ImageNet queries)" if s5.imagenet_control else ""
+    largest = max(t7_sizes)
+    control7 = (f", and bs{largest} for {equal_steps_epochs(budget, largest, epochs)} epochs (bs64's SGD steps)"
+                if s5.table7_equal_steps and 64 in t7_sizes and largest > 64 else "")
     grid = (f"a validation grid of batch sizes {', '.join(map(str, s5.grid_batch_sizes or p.batch_sizes))} "
             f"x {s5.grid_epochs or epochs} epochs{control}")
     per_class = "all available" if p.in_distribution_per_class is None else p.in_distribution_per_class
@@ -488,7 +493,7 @@ def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
         f"Table 6: a label-only surrogate per pretrained victim ({pretrained}), top-1/top-3/rounded answers for "
         f"{', '.join(extra) if extra else 'every pretrained victim'}; 5.1.3: a GTSRB surrogate on Diabetic5 queries",
         f"05_hyperparameters: Table 7: {t7_victims} victims x batch sizes {', '.join(map(str, t7_sizes))} "
-        f"({budget:,} queries, {epochs} epochs); {f2}; early stopping on a "
+        f"({budget:,} queries, {epochs} epochs){control7}; {f2}; early stopping on a "
         f"{p.validation_fraction:.0%} validation split",
         f"06_in_distribution: 5.2.2: Caltech attacked with {per_class} in-distribution images per class, {grid}",
     ]

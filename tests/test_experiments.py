@@ -5,7 +5,8 @@ import torch
 
 from kx_utils.attack import KnockoffResult, knockoff
 from kx_utils.experiments import (Section5Plan, attack_formats, batch_size_rows, curve_entry,
-                                  early_stopping_row, figure1_data, flagged_share, format_row, knockoff_row,
+                                  early_stopping_row, equal_steps_epochs, figure1_data, flagged_share, format_row,
+                                  knockoff_row,
                                   in_distribution_budget, largest_gaps, section5_plan,
                                   select_by_validation, transfer_answers, validation_grid)
 
@@ -173,6 +174,33 @@ def test_batch_size_rows_reuse_the_default_surrogate_and_run_each_seed(tiny_prof
     assert row["steps_per_epoch"] == {"bs16": math.ceil(60 / 16), "bs32": math.ceil(60 / 32)}
     assert row["seeds_per_batch_size"] == {"bs16": 1, "bs32": 2}
     assert row["best_batch_size"] == (16 if row["bs16"] >= row["bs32"] else 32)
+
+
+def test_equal_steps_epochs_match_batch_64s_step_count():
+    assert equal_steps_epochs(1000, 256, 5) == 20  # 5 x 16 steps = 20 x 4
+    assert equal_steps_epochs(1000, 128, 5) == 10  # 5 x 16 = 10 x 8
+    assert equal_steps_epochs(300, 128, 2) == 3  # 2 x 5 = 10 steps; 3 x 3 = 9 is the nearest
+    assert equal_steps_epochs(64, 256, 1) == 1
+
+
+def test_batch_size_rows_add_the_equal_steps_control_for_the_largest_batch(tiny_profile, store):
+    profile = tiny_profile.replace(surrogate_seeds=(0, 1), section5=tiny_profile.section5.replace(
+        single_seed=("table7_equal_steps",), table7_equal_steps=True))
+    recipe = profile.surrogate_recipe.replace(epochs=1)
+    seen = []
+    rows, results = batch_size_rows(profile, ["cifar10"], [64, 128], store=store, equal_steps=True, recipe=recipe,
+                                    on_result=lambda k, b, r: seen.append((b, r.epochs, r.settings["seed"])))
+    # 60 queries: one step per epoch at 64 and at 128, so the control trains as many epochs as bs64 (1)
+    assert seen[-1] == (128, 1, 0) and len(results["cifar10"]["equal_steps"]) == 1
+    row = rows["cifar10"]
+    assert row["equal_steps_epochs"] == {"bs128": 1} and row["equal_steps_seeds"] == [0]
+    assert row["bs128_equal_steps"] == results["cifar10"]["equal_steps"][0].final_accuracy
+    assert row["epochs"] == 1 and "bs128_equal_steps_seeds" not in row
+    # without the flag, or without a batch size above 64, there is no control
+    plain, _ = batch_size_rows(profile, ["cifar10"], [64, 128], store=store, recipe=recipe)
+    assert "equal_steps_epochs" not in plain["cifar10"]
+    small, _ = batch_size_rows(profile, ["cifar10"], [32, 64], store=store, equal_steps=True, recipe=recipe)
+    assert "equal_steps_epochs" not in small["cifar10"]
 
 
 def test_seeded_rows_average_the_seeds_and_keep_each():

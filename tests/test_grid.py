@@ -38,6 +38,10 @@ def test_grid_tasks_follow_the_profile_plan():
     # Table 7's batch size 64 at Section 5's budget is Table 5's run (same key): one task makes it
     assert "surrogate/table7/gtsrb/bs64/seed0" not in tasks and "surrogate/table5/gtsrb/seed0" in tasks
     assert "surrogate/table7/caltech/bs16/seed0" in tasks and "surrogate/table7/caltech/bs16/seed1" not in tasks
+    # Table 7's equal-steps control: bs256 for 4x Section 5's epochs (80 steps, as bs64), on seed 0 only
+    control = tasks["surrogate/table7/caltech/bs256_equal_steps/seed0"]
+    assert control.kwargs["batch_size"] == 256 and control.kwargs["recipe"].epochs == 4 * mini.section5.epochs
+    assert not [n for n in tasks if "equal_steps/seed1" in n or "bs128_equal_steps" in n]
     keys = [t.artifact(mini) for t in tasks.values() if t.function == "kx_utils.attack:knockoff"]
     digests = [str(sorted(k[1].items())) for k in keys if k]
     assert len(digests) == len(set(digests))  # no surrogate is trained twice

@@ -289,9 +289,11 @@ def test_plan_states_the_profiles_own_section5_sizes(tmp_path, monkeypatch):
     assert "batch sizes 64, 128, 256 x 5 epochs (and the same grid on ImageNet queries)" in text
     assert "top-1/top-3/rounded answers for every pretrained victim" in text
     assert "budget curves for caltech, cifar10, gtsrb at 500, 2000, 6000, all queries" in text
-    assert "single seed (0) for: extra_formats, table7_bs16, budget_curves" in text
+    assert "single seed (0) for: extra_formats, table7_bs16, table7_equal_steps, budget_curves" in text
+    assert "(1,000 queries, 5 epochs), and bs256 for 20 epochs (bs64's SGD steps)" in text
     text = pl.plan(pl.get_profile("smoke", section5={"figure2_epochs": 7, "table7_victims": ["cifar10"]})).text()
     assert "Table 7: 1 victims x batch sizes 16, 64" in text and "with 300 queries for 7 epochs" in text
+    assert "bs64's SGD steps" not in text  # no batch size above 64: no control
     text = pl.plan(pl.get_profile("paper")).text()
     assert "Figure 2: caltech, cifar10, gtsrb_5l with 100,000 queries for 200 epochs" in text
     assert "(and the same grid" not in text and "for every pretrained victim" in text

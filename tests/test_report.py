@@ -258,6 +258,38 @@ def test_each_claim_holds_fails_and_is_inconclusive_on_constructed_results(numbe
     assert bad.verdict == FAILS and bad.holds is False, bad.evidence
     assert unclear.verdict == INCONCLUSIVE and unclear.holds is None, unclear.evidence
     assert "within the noise" in unclear.evidence and "noise" in good.evidence
+    # every fail is explained (kx_utils.report.diagnoses): at least by the comparisons that go against it
+    assert good.diagnosis is None and unclear.diagnosis is None
+    against = [c for c in bad.comparisons if c.outcome == FAILS]
+    assert bad.diagnosis and all(c.label in bad.diagnosis for c in against), bad.diagnosis
+
+
+def test_a_failing_table7_is_explained_by_its_step_counts_and_the_equal_steps_control():
+    row = {**bs(bs64=0.40, bs256=0.10), "name": "Caltech-X", "epochs": 5,
+           "steps_per_epoch": {"bs64": 16, "bs256": 4}, "bs64_seeds": [0.42, 0.40, 0.38],
+           "bs256_equal_steps": 0.41, "equal_steps_epochs": {"bs256": 20}, "equal_steps_seeds": [0]}
+    result = claim_result(5, table7={"caltech": row})
+    assert result.verdict == FAILS
+    why = result.diagnosis
+    assert "bs64 40.0% after 80 steps, bs256 10.0% after 20 steps" in why
+    # the control is paired with batch 64's run on the same seed (0.42, not the mean 0.40): 41 - 42 = -1 pp,
+    # binomial noise sqrt(2 * 0.42 * 0.58 / N) ~ 2.2 pp: level within the noise
+    assert "Caltech-X: bs256 for 20 epochs 41.0% < bs64 (seed 0) 42.0% (margin -1.0 pp" in why
+    assert "level with or above batch 64 for 1 of 1 victims: the step count, not the batch size" in why
+    # a control far below batch 64 says the larger batch learns less per step
+    worse = claim_result(5, table7={"caltech": {**row, "bs256_equal_steps": 0.2}})
+    assert "for 0 of 1 victims: the larger batch learns less per step" in worse.diagnosis
+
+
+def test_a_baseline_beating_the_detector_is_checked_without_a_threshold_too():
+    cifar = {**T4_GOOD, "mahalanobis_fair_tpr_at_ours": 0.99, "ours_auroc": 0.97, "mahalanobis_fair_auroc": 0.99}
+    result = claim_result(3, table4a={"gtsrb": T4_GOOD, "diabetic5": T4_GOOD, "cifar10": cifar})
+    assert result.verdict == FAILS
+    assert ("ImageNet CIFAR10-MNV2: Mahalanobis (fair) flags 99.0% of the OOD test images at our TNR 94.0%, ours 95.0%; "
+            "without a threshold it also ranks better: AUROC 99.0% against ours 97.0%") in result.diagnosis
+    lower = claim_result(3, table4a={"gtsrb": T4_GOOD, "diabetic5": T4_GOOD,
+                                     "cifar10": {**cifar, "mahalanobis_fair_auroc": 0.90}})
+    assert "it ranks no better: AUROC 90.0% against ours 97.0%" in lower.diagnosis
 
 
 def test_every_claim_is_tested_all_three_ways():

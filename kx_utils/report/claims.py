@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from . import checks as C
+from . import diagnoses as D
 from .checks import Check, Judgement
+from .diagnoses import Diagnosis
 from .noise import FAILS, HOLDS, NOT_EVALUATED, Comparison
 from .results import Getter, MissingData, Names, Results, paper_getter, paper_victim_names, victim_names
 
@@ -24,6 +26,7 @@ class Claim:
     statement: str  # the paper's qualitative claim
     definition: str  # the check, precisely
     check: Check
+    diagnose: Diagnosis  # why it fails, when our verdict is "fails" (kx_utils.report.diagnoses)
     paper_statement: str | None = None  # for claims the paper states without (enough) numbers
 
 
@@ -36,6 +39,7 @@ class ClaimResult:
     paper_evidence: str
     comparisons: list[Comparison] = field(default_factory=list)
     paper_comparisons: list[Comparison] = field(default_factory=list)
+    diagnosis: str | None = None  # why our verdict is "fails" (None for the other verdicts)
 
     @property
     def holds(self) -> bool | None:
@@ -58,11 +62,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(1, "Table 6, §5.1.2", "Answering with the predicted class only gives a worse surrogate than "
           "answering with the probability vector, for every victim.",
           "label_acc < probs_acc for every victim in Table 6 with both numbers (two accuracies on the victim's "
-          "test set).", C.label_only_worse),
+          "test set).", C.label_only_worse, D.label_only),
     Claim(2, "Table 5, §5.1.1", "Victims trained from scratch for their task are extracted less well "
           "(lower recovery) than victims fine-tuned from a pretrained model.",
           "recovery(GTSRB-5L) < recovery(GTSRB pretrained) and recovery(CIFAR10-9L) < recovery(CIFAR10 "
-          "pretrained) in Table 5 (each measured pair; recovery = Acc(F_A) / Acc(F_V)).", C.scratch_lower_recovery),
+          "pretrained) in Table 5 (each measured pair; recovery = Acc(F_A) / Acc(F_V)).", C.scratch_lower_recovery, D.scratch_victims),
     Claim(3, "Table 4, §4.3", "The detector beats MSP (Baseline), ODIN and Mahalanobis at equal TNR on "
           "GTSRB, Diabetic5 and CIFAR10.",
           "for GTSRB, Diabetic5 and CIFAR10, in Table 4a (ImageNet) and 4b (OpenImages): ours_tpr > "
@@ -71,17 +75,17 @@ CLAIMS: tuple[Claim, ...] = (
           "published-protocol baselines (tuned on a sample of the OOD test set, as the paper's source code) are "
           "also beaten is stated beside. A tie is within the noise (the paper bolds a 99%/99% tie with "
           "Mahalanobis, Diabetic5 on OpenImages). The paper's verdict uses its published-protocol numbers.",
-          C.detector_beats_baselines),
+          C.detector_beats_baselines, D.detector_baselines),
     Claim(4, "Table 4, §4.3", "The detector is weakest on Caltech (most overlap with ImageNet/OpenImages).",
           "Caltech's balanced accuracy (ours_tpr + ours_tnr) / 2 is lower than every other victim's, in Table "
-          "4a and in Table 4b.", C.detector_weakest_on_caltech),
+          "4a and in Table 4b.", C.detector_weakest_on_caltech, D.caltech_weakest),
     Claim(5, "Table 7, §5.2.1", "Larger batch sizes help most victims.",
           "for more than half of the victims of Table 7, the best accuracy at a batch size above 64 (bs128, "
-          "bs256 where trained) is higher than at bs64.", C.larger_batches_help),
+          "bs256 where trained) is higher than at bs64.", C.larger_batches_help, D.larger_batches),
     Claim(6, "Figure 2, §5.2.1", "Every surrogate peaks before the last epoch (all would benefit from "
           "early stopping).",
           "for every victim of Figure 2, the best test accuracy of epochs 1..E-1 is higher than the last "
-          "epoch's (E = epochs trained).", C.peaks_before_last_epoch,
+          "epoch's (E = epochs trained).", C.peaks_before_last_epoch, D.early_peaks,
           paper_statement="stated for all three victims (Figure 2: 'All models would benefit from early "
                           "stopping'); the paper prints no per-epoch numbers"),
     Claim(7, "§5.2.2", "In-distribution queries give a better surrogate than ImageNet queries.",
@@ -89,19 +93,19 @@ CLAIMS: tuple[Claim, ...] = (
           "queries against the same validation grid run on as many ImageNet queries (Acc on the victim's test "
           "set). Without that control, the plain ImageNet surrogate counts only if it had at least as many "
           "queries (as the paper's: 97,280 Bing against 100,000 ImageNet queries).",
-          C.in_distribution_beats_imagenet),
+          C.in_distribution_beats_imagenet, D.in_distribution),
     Claim(8, "§5.2.2", "In-distribution queries evade the detector.",
           "holds when the detector flags the in-distribution queries no more often than the victim's benign test "
           "images (flagged_in_distribution − flagged_benign within the noise, or lower) while it flags as many "
           "unseen ImageNet queries clearly more often (flagged_imagenet > flagged_in_distribution); fails when "
           "in-distribution queries are flagged clearly more often than benign images; inconclusive otherwise. "
-          "Binomial noise on the query counts.", C.in_distribution_evades,
+          "Binomial noise on the query counts.", C.in_distribution_evades, D.in_distribution,
           paper_statement="stated without a number ('adversarial queries may not be detected at all')"),
     Claim(9, "§5.1.3", "An unrelated transfer set (Diabetic5 queries against the GTSRB victim) gives a "
           "worse surrogate than ImageNet queries.",
           "gtsrb_with_diabetic5_queries_acc < gtsrb_with_imagenet_same_budget_acc: the Diabetic5 transfer set "
           "against as many ImageNet queries. Without that control, the plain ImageNet surrogate counts only if it "
-          "had no more queries than the Diabetic5 attacker.", C.unrelated_transfer_set_worse,
+          "had no more queries than the Diabetic5 attacker.", C.unrelated_transfer_set_worse, D.unrelated_queries,
           paper_statement="stated: 70% with Diabetic5 queries against 92.4% with Table 2's 100,000 ImageNet "
                           "queries; the paper gives no count of Diabetic5 queries, so no same-budget comparison"),
 )
@@ -117,12 +121,19 @@ def _evaluate(claim: Claim, get: Getter, names: Names, statement: str | None = N
 def check_claims(results: Results) -> list[ClaimResult]:
     """Every claim of :data:`CLAIMS`, on our results and on the paper's numbers."""
     ours_names, paper_names = victim_names(results), paper_victim_names()
+    settings = results.profile_settings()
     out = []
     for claim in CLAIMS:
         ours = _evaluate(claim, results.require, ours_names)
         theirs = _evaluate(claim, paper_getter, paper_names, claim.paper_statement)
+        diagnosis = None
+        if ours.verdict == FAILS:
+            try:
+                diagnosis = claim.diagnose(results.require, ours_names, settings, ours.comparisons)
+            except MissingData as exc:
+                diagnosis = f"not diagnosed: {exc.describe()}"
         out.append(ClaimResult(claim, ours.verdict, ours.evidence, theirs.verdict, theirs.evidence,
-                               ours.comparisons, theirs.comparisons))
+                               ours.comparisons, theirs.comparisons, diagnosis))
     return out
 
 

@@ -78,7 +78,10 @@ def _comparison_table(comparisons: list[Comparison]) -> list[str]:
 def claims_lines(claims: list[ClaimResult]) -> list[str]:
     md = ["## Claims check", "",
           "Each qualitative claim of the paper, written as a check over the results. *Paper* applies the same check "
-          "to the paper's own numbers (*stated*: the paper states the claim without the numbers the check needs).",
+          "to the paper's own numbers (*stated*: the paper states the claim without the numbers the check needs). "
+          "Where our verdict is *fails*, *Why it fails here* gives the measured numbers the failure rests on: the "
+          "comparisons against the claim, and what the run records about their cause (training length against "
+          "the paper's, Table 7's equal-steps control, a threshold-free AUROC beside a thresholded TPR).",
           "", "### How verdicts are decided", "", NOISE_RULE, "",
           "| # | claim | source | ours | paper |", "|---|---|---|---|---|"]
     for c in claims:
@@ -89,7 +92,10 @@ def claims_lines(claims: list[ClaimResult]) -> list[str]:
         paper_side = c.paper_evidence if c.paper_verdict == NOT_EVALUATED else f"{c.paper_verdict} — {c.paper_evidence}"
         md += [f"### Claim {c.claim.number}: {c.verdict} — {c.claim.statement}", "",
                f"- Check: {c.claim.definition}", f"- Ours: **{c.verdict}** — {c.evidence}",
-               f"- Paper: {paper_side}", ""]
+               f"- Paper: {paper_side}"]
+        if c.diagnosis:
+            md.append(f"- Why it fails here: {c.diagnosis}")
+        md.append("")
         if c.comparisons:
             md += ["The comparisons behind our verdict:", ""] + _comparison_table(c.comparisons) + [""]
     return md
