@@ -333,14 +333,18 @@ def main(argv: list[str] | None = None) -> int:
                 print("\nkx grid interrupted: rerun the same command to compute what is still missing",
                       file=sys.stderr)
                 return 130
-        if args.grid:
-            if not _run_grid(args.profile, overrides, args, args.only):
+        grid = None
+        if args.grid:  # its time and the cache it found go into the command's record (the report's wall time)
+            from .pipeline import grid_phase
+            ok, grid = grid_phase(args.profile, lambda: _run_grid(args.profile, overrides, args, args.only),
+                                  get_profile(args.profile, **overrides).cache_root)
+            if not ok:
                 print("kx reproduce: the grid had failures (above); the notebooks were not run", file=sys.stderr)
                 return EXIT_FAILED
             from .train import NO_TRAINING_ENV
             os.environ[NO_TRAINING_ENV] = "1"  # the notebooks load what the grid made, or say what it missed
         try:
-            reproduce(args.profile, only=args.only, force=args.force, overrides=overrides)
+            reproduce(args.profile, only=args.only, force=args.force, overrides=overrides, grid=grid)
         except NotebookFailed as exc:
             print(f"\nkx reproduce stopped: {exc}", file=sys.stderr)
             if not args.no_report:  # what finished is still worth a report

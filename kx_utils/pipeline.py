@@ -307,18 +307,56 @@ def _runs_folder_for_notebooks(runs: str | os.PathLike | None):
             os.environ["KX_RUNS"] = before
 
 
+def grid_phase(profile_name: str, run_grid: Callable[[], bool], cache_root_path: str | os.PathLike | None = None
+               ) -> tuple[bool, dict]:
+    """Run ``run_grid`` (the experiment grid of ``reproduce --grid``) and time it: ``(ok, record)``.
+
+    The record (start, the cache's file count before it, wall seconds, outcome) goes into the
+    command's invocation (:func:`reproduce`'s ``grid``), so a run from an empty cache counts the
+    grid's time.  A grid that fails or is interrupted is recorded as a failed or interrupted
+    command of its own (:func:`record_command`): its time still counts towards the total.
+    """
+    cache = cache_root(cache_root_path)
+    record = {"started": _now(), "cache_files_at_start": _count_files(cache) if cache.is_dir() else 0}
+    t0 = time.perf_counter()
+    try:
+        ok = run_grid()
+    except KeyboardInterrupt:
+        record.update(wall_seconds=time.perf_counter() - t0, status="interrupted")
+        record_command(profile_name, record, cache)
+        raise
+    record.update(wall_seconds=time.perf_counter() - t0, status="finished" if ok else "failed")
+    if not ok:
+        record_command(profile_name, record, cache)
+    return ok, record
+
+
+def record_command(profile_name: str, grid: dict, cache: Path, runs: str | os.PathLike | None = None) -> None:
+    """A ``reproduce --grid`` that stopped in its grid: an invocation that ran no notebook."""
+    with _exclusive(run_dir(profile_name, runs), cache, profile_name):
+        state = load_state(profile_name, runs)
+        invocation = {"started": grid["started"], "only": None, "force": False, "overrides": {}, "ran": [],
+                      "reused": [], "status": grid["status"], "cache_root": str(cache),
+                      "cache_files_at_start": grid["cache_files_at_start"], "grid": grid,
+                      "finished": _now(), "wall_seconds": grid["wall_seconds"]}
+        state["invocations"] = (state["invocations"] + [invocation])[-KEPT_INVOCATIONS:]
+        save_state(state, profile_name, runs)
+
+
 def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool = False,
               overrides: dict | None = None, runs: str | os.PathLike | None = None,
               notebook_dir: str | os.PathLike | None = None,
               execute: Callable[[Path, Path, dict, Path], None] | None = None,
               log: Callable[[str], None] = print,
-              package_root: str | os.PathLike | None = None) -> dict:
+              package_root: str | os.PathLike | None = None, grid: dict | None = None) -> dict:
     """Run the selected notebooks of ``profile_name`` in order; return the pipeline state.
 
     Raises :class:`NotebookFailed` on the first notebook that fails (the rest do
     not run) and :class:`PipelineError` when a run cannot start.  ``execute``
     replaces the papermill call and ``package_root`` the package whose source
-    enters the fingerprint (tests).
+    enters the fingerprint (tests).  ``grid`` is the record of the experiment grid that
+    ran just before, in the same command (:func:`grid_phase`): the command's invocation then
+    starts when the grid started, from the cache the grid found, and its time includes the grid's.
     """
     execute = execute or papermill_execute
     overrides = dict(overrides or {})
@@ -340,6 +378,8 @@ def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool 
                       "overrides": overrides, "ran": [], "reused": [], "status": "running",
                       "cache_root": str(cache),
                       "cache_files_at_start": _count_files(cache) if cache.is_dir() else 0}
+        if grid:
+            invocation.update(started=grid["started"], cache_files_at_start=grid["cache_files_at_start"], grid=grid)
         state["invocations"] = (state["invocations"] + [invocation])[-KEPT_INVOCATIONS:]
         save_state(state, profile.name, runs)
         log(f"kx reproduce: profile {profile.name}, {len(selected)} notebook(s); executed copies and "
@@ -372,7 +412,7 @@ def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool 
             raise
         finally:
             invocation["finished"] = _now()
-            invocation["wall_seconds"] = time.perf_counter() - t_start
+            invocation["wall_seconds"] = time.perf_counter() - t_start + (grid or {}).get("wall_seconds", 0.0)
             save_state(state, profile.name, runs)
         total = sum(state["notebooks"][nb].get("wall_seconds") or 0 for nb in selected)
         log(f"done: {len(invocation['ran'])} ran, {len(invocation['reused'])} reused; this command took "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import nbformat
@@ -464,3 +465,31 @@ def test_cli_reproduce_refuses_to_start_without_data_unless_only_is_given(notebo
     assert fake.calls == [] and not runs.exists()
     assert cli.main(["reproduce", "--profile", "smoke", "--only", "01"]) == 0  # a warning only
     assert "warning: missing data" in capsys.readouterr().err and fake.calls == ["01_victims"]
+
+
+def test_a_grid_before_the_notebooks_counts_in_the_commands_time_and_cache_state(notebooks, runs, tmp_path):
+    cache = tmp_path / "cache"
+
+    def grid_that_fills_the_cache():
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "artifact.pt").write_bytes(b"x")
+        time.sleep(0.05)
+        return True
+
+    ok, grid = pl.grid_phase("smoke", grid_that_fills_the_cache)
+    assert ok and grid["cache_files_at_start"] == 0 and grid["status"] == "finished" and grid["wall_seconds"] >= 0.05
+    state, _ = run(notebooks, execute=FakeExecute(), grid=grid)
+    invocation = state["invocations"][-1]
+    # the notebooks found one file (the grid's), but the command started from an empty cache, with the grid
+    assert invocation["cache_files_at_start"] == 0 and invocation["started"] == grid["started"]
+    assert invocation["wall_seconds"] >= grid["wall_seconds"] and invocation["grid"] == grid
+
+
+def test_a_grid_that_fails_or_is_interrupted_is_recorded_as_a_command_of_its_own(runs):
+    ok, grid = pl.grid_phase("smoke", lambda: False)
+    assert not ok and grid["status"] == "failed"
+    with pytest.raises(KeyboardInterrupt):
+        pl.grid_phase("smoke", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    invocations = load_state("smoke")["invocations"]
+    assert [i["status"] for i in invocations] == ["failed", "interrupted"]
+    assert all(i["ran"] == [] and i["cache_files_at_start"] == 0 and "grid" in i for i in invocations)

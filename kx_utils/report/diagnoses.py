@@ -174,15 +174,16 @@ def larger_batches(get: Getter, names: Names, settings: Mapping, comparisons: li
         text += ("The control trains the largest batch size for batch 64's number of steps: " +
                  "; ".join(c.text() for c in controls) + ". ")
         level = [c for c in controls if c.outcome != FAILS]
+        verdict = ("the step count, not the batch size, decides Table 7 here." if len(level) == len(controls) else
+                   "even at equal steps the larger batch learns less at this budget." if not level else
+                   "the step count explains those; for the others the larger batch learns less even at equal steps.")
         text += (f"At equal steps the larger batch is level with or above batch 64 for {len(level)} of "
-                 f"{len(controls)} victims: " + ("the step count, not the batch size, decides Table 7 here."
-                                                  if len(level) == len(controls) else
-                                                  "the larger batch learns less per step here too."))
+                 f"{len(controls)} victims: {verdict}")
     if schedule:
         budget, epochs, _ = schedule
-        text = text.rstrip() + (f" The paper's surrogates train {PAPER_EPOCHS} epochs on {PAPER_BUDGET:,} queries, where even "
-                 f"batch 256 takes {_steps(PAPER_BUDGET, PAPER_EPOCHS, 256):,} steps; these train {epochs} epochs "
-                 f"on {budget:,}.")
+        text = text.rstrip() + (f" The paper's surrogates train {PAPER_EPOCHS} epochs on {PAPER_BUDGET:,} queries, "
+                                f"where even batch 256 takes {_steps(PAPER_BUDGET, PAPER_EPOCHS, 256):,} steps; these "
+                                f"train {epochs} epochs on {budget:,}.")
     return text.strip() or _against_text(comparisons)
 
 

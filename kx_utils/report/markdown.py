@@ -140,8 +140,11 @@ def _last_command_line(last: dict) -> str:
     cache = ("an empty cache" if last.get("cache_files_at_start") == 0
              else f"a cache holding {last.get('cache_files_at_start')} files")
     where = shown_path(last.get("cache_root"), "`$KX_CACHE`, outside the repository")
+    grid = last.get("grid")
+    phase = (f" (the experiment grid first: {format_seconds(grid.get('wall_seconds'))}, {grid.get('status')})"
+             if grid else "")
     return (f"Last `reproduce` command: started {last.get('started')}, {last.get('status')}, "
-            f"{format_seconds(last.get('wall_seconds'))}; ran {', '.join(last.get('ran') or []) or 'nothing'}; "
+            f"{format_seconds(last.get('wall_seconds'))}{phase}; ran {', '.join(last.get('ran') or []) or 'nothing'}; "
             f"reused {', '.join(last.get('reused') or []) or 'nothing'}; started from {cache} ({where}).")
 
 
@@ -166,13 +169,13 @@ def wall_time_lines(results: Results) -> list[str]:
     lines.append(f"| **total** | | {format_seconds(total_pm) if complete else 'incomplete'} | "
                  f"{format_seconds(total_nb)} | |")
     summary = []
+    runs = results.state.get("invocations", [])
+    fed_by_grid = any(r.get("grid") for r in runs)
     if complete:
         summary.append(f"**Total wall time of the six notebooks: {format_seconds(total_pm)}** "
-                       "(sum of their last pipeline runs).")
-        if results.profile == "mini":
-            within = "within it" if total_pm <= MINI_TARGET_SECONDS else "over it"
-            summary.append(f"{MINI_TARGET[0].upper() + MINI_TARGET[1:]}: {within}.")
-    runs = results.state.get("invocations", [])
+                       "(sum of their last pipeline runs" + ("; they loaded what the experiment grid had computed, "
+                                                             "whose time is in the command's below)" if fed_by_grid
+                                                             else ")") + ".")
     if runs:
         summary.append(_last_command_line(runs[-1]))
         chain = _runs_since_empty_cache(runs)
@@ -184,6 +187,9 @@ def wall_time_lines(results: Results) -> list[str]:
             if results.profile == "mini":
                 line += f" Within {MINI_TARGET}: {'yes' if total <= MINI_TARGET_SECONDS else 'no'}."
             summary.append(line)
+        elif results.profile == "mini":  # the target is for a whole run: a warm cache's times say nothing of it
+            summary.append(f"No run from an empty cache to all six notebooks is recorded here, so {MINI_TARGET} "
+                           "is not judged.")
         one_command = [r for r in runs if r.get("status") == "finished" and r.get("only") is None
                        and len(r.get("ran") or []) == len(NOTEBOOKS)]
         if one_command:
