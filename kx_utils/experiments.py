@@ -201,6 +201,14 @@ def figure1_data(result: KnockoffResult, classes: Sequence[str], n_gaps: int = 2
 # --------------------------------------------------------------------------- 5.2.1
 
 
+def equal_steps_control(batch_sizes: Iterable[int], enabled: bool, reference: int = 64) -> int | None:
+    """The batch size that Table 7's equal-steps control retrains (the largest), or None when there is
+    none: the control is off, ``reference`` is not among the batch sizes, or none is larger."""
+    batch_sizes = tuple(batch_sizes)
+    largest = max(batch_sizes, default=reference)
+    return largest if enabled and reference in batch_sizes and largest > reference else None
+
+
 def equal_steps_epochs(budget: int, batch_size: int, epochs: int, reference: int = 64) -> int:
     """Epochs at ``batch_size`` that take as many SGD steps as ``epochs`` at ``reference`` on ``budget``
     queries (rounded; at least one)."""
@@ -243,8 +251,8 @@ def batch_size_rows(profile: Profile, victims: Iterable[str], batch_sizes: Itera
         row["epochs"] = recipe.epochs
         row["steps_per_epoch"] = {f"bs{b}": math.ceil(runs[0].budget / b) for b, runs in results[key].items()}
         row["seeds_per_batch_size"] = {f"bs{b}": len(runs) for b, runs in results[key].items()}
-        control = max(batch_sizes)
-        if equal_steps and 64 in batch_sizes and control > 64:
+        control = equal_steps_control(batch_sizes, equal_steps)
+        if control is not None:
             epochs = equal_steps_epochs(first.budget, control, recipe.epochs)
             runs = knockoff_seeds(profile, key, "table7_equal_steps", batch_size=control,
                                   recipe=recipe.replace(epochs=epochs), store=store, **attack_args)

@@ -66,9 +66,17 @@ class Task:
         if self.function == "kx_utils.victims:get_victim":
             from .victims import VICTIM, victim_settings
             return VICTIM, victim_settings(profile, self.args[0])
-        if self.function == "kx_utils.attack:knockoff" and self.kwargs.get("budget") != "all":
+        if self.function == "kx_utils.attack:knockoff":
             from .attack import SURROGATE, surrogate_settings
-            return SURROGATE, surrogate_settings(profile, self.args[0], **self.kwargs)
+            kwargs = self.kwargs
+            if kwargs.get("budget") == "all":
+                # the pool's size, counted in its folder (knockoff counts the decoded pool): so a curve's
+                # last point and a Table 2 run on the whole pool are one task.  Where the folder is absent
+                # the count is the paper's, the key matches nothing, and the task simply runs.
+                from .projection import pool_size
+                kwargs = {**kwargs, "budget": pool_size(profile, kwargs.get("pool", "imagenet"),
+                                                        kwargs.get("pool_split"))}
+            return SURROGATE, surrogate_settings(profile, self.args[0], **kwargs)
         return None
 
     def describe(self) -> dict:
@@ -143,7 +151,7 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
 
     ``notebooks`` keeps the tasks of those notebooks and whatever they depend on.
     """
-    from .experiments import EXTRA_FORMATS, PAPER_FORMATS, equal_steps_epochs, section5_attack, table2_attack
+    from .experiments import EXTRA_FORMATS, PAPER_FORMATS, equal_steps_control, equal_steps_epochs, section5_attack, table2_attack
     from .victims import PRETRAINED_VICTIMS
     from .data import absent_optional_datasets
     from .seeds import seeds_for
@@ -227,8 +235,8 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
             for seed in seeds_for(P, "table7_bs16" if b == 16 else "table7"):
                 surrogate(f"surrogate/table7/{key}/bs{b}/seed{seed}", "hyperparameters", key, batch_size=b,
                           seed=seed, **s5)
-        control = max(table7_sizes)
-        if plan.table7_equal_steps and 64 in table7_sizes and control > 64:
+        control = equal_steps_control(table7_sizes, plan.table7_equal_steps)
+        if control is not None:
             epochs = equal_steps_epochs(s5["budget"], control, s5["recipe"].epochs)
             for seed in seeds_for(P, "table7_equal_steps"):
                 surrogate(f"surrogate/table7/{key}/bs{control}_equal_steps/seed{seed}", "hyperparameters", key,

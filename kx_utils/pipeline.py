@@ -331,14 +331,24 @@ def grid_phase(profile_name: str, run_grid: Callable[[], bool], cache_root_path:
     return ok, record
 
 
+def _new_invocation(cache: Path, *, only: list | None = None, force: bool = False, overrides: dict | None = None,
+                    status: str = "running", grid: dict | None = None) -> dict:
+    """One command's entry in the pipeline state.  A command that ran the grid first starts when the
+    grid started, from the cache the grid found."""
+    invocation = {"started": _now(), "only": only, "force": force, "overrides": overrides or {}, "ran": [],
+                  "reused": [], "status": status, "cache_root": str(cache),
+                  "cache_files_at_start": _count_files(cache) if cache.is_dir() else 0}
+    if grid:
+        invocation.update(started=grid["started"], cache_files_at_start=grid["cache_files_at_start"], grid=grid)
+    return invocation
+
+
 def record_command(profile_name: str, grid: dict, cache: Path, runs: str | os.PathLike | None = None) -> None:
     """A ``reproduce --grid`` that stopped in its grid: an invocation that ran no notebook."""
     with _exclusive(run_dir(profile_name, runs), cache, profile_name):
         state = load_state(profile_name, runs)
-        invocation = {"started": grid["started"], "only": None, "force": False, "overrides": {}, "ran": [],
-                      "reused": [], "status": grid["status"], "cache_root": str(cache),
-                      "cache_files_at_start": grid["cache_files_at_start"], "grid": grid,
-                      "finished": _now(), "wall_seconds": grid["wall_seconds"]}
+        invocation = _new_invocation(cache, status=grid["status"], grid=grid)
+        invocation.update(finished=_now(), wall_seconds=grid["wall_seconds"])
         state["invocations"] = (state["invocations"] + [invocation])[-KEPT_INVOCATIONS:]
         save_state(state, profile_name, runs)
 
@@ -374,12 +384,8 @@ def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool 
 
     with _exclusive(folder, cache, profile.name), _runs_folder_for_notebooks(runs):
         state = load_state(profile.name, runs)
-        invocation = {"started": _now(), "only": selected if only else None, "force": force,
-                      "overrides": overrides, "ran": [], "reused": [], "status": "running",
-                      "cache_root": str(cache),
-                      "cache_files_at_start": _count_files(cache) if cache.is_dir() else 0}
-        if grid:
-            invocation.update(started=grid["started"], cache_files_at_start=grid["cache_files_at_start"], grid=grid)
+        invocation = _new_invocation(cache, only=selected if only else None, force=force, overrides=overrides,
+                                     grid=grid)
         state["invocations"] = (state["invocations"] + [invocation])[-KEPT_INVOCATIONS:]
         save_state(state, profile.name, runs)
         log(f"kx reproduce: profile {profile.name}, {len(selected)} notebook(s); executed copies and "
@@ -512,7 +518,7 @@ def _recipe_text(recipe) -> str:
 
 def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
     """Notebooks 04-06, with the sizes of the profile's Section 5 plan (``p.section5``)."""
-    from .experiments import equal_steps_epochs
+    from .experiments import equal_steps_control, equal_steps_epochs
 
     s5 = p.section5
     budget, epochs = s5.budget or p.transfer_budget, s5.epochs or p.surrogate_recipe.epochs
@@ -522,9 +528,9 @@ def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
     f2 = (f"Figure 2: {', '.join(s5.figure2_victims)} with {s5.figure2_budget or p.transfer_budget:,} queries for "
           f"{s5.figure2_epochs or p.surrogate_recipe.epochs} epochs")
     control = " (and the same grid on ImageNet queries)" if s5.imagenet_control else ""
-    largest = max(t7_sizes)
+    largest = equal_steps_control(t7_sizes, s5.table7_equal_steps)
     control7 = (f", and bs{largest} for {equal_steps_epochs(budget, largest, epochs)} epochs (bs64's SGD steps)"
-                if s5.table7_equal_steps and 64 in t7_sizes and largest > 64 else "")
+                if largest is not None else "")
     grid = (f"a validation grid of batch sizes {', '.join(map(str, s5.grid_batch_sizes or p.batch_sizes))} "
             f"x {s5.grid_epochs or epochs} epochs{control}")
     per_class = "all available" if p.in_distribution_per_class is None else p.in_distribution_per_class

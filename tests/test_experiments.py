@@ -5,8 +5,8 @@ import torch
 
 from kx_utils.attack import KnockoffResult, knockoff
 from kx_utils.experiments import (Section5Plan, attack_formats, batch_size_rows, curve_entry,
-                                  early_stopping_row, equal_steps_epochs, figure1_data, flagged_share, format_row,
-                                  knockoff_row,
+                                  early_stopping_row, equal_steps_control, equal_steps_epochs, figure1_data,
+                                  flagged_share, format_row, knockoff_row,
                                   in_distribution_budget, largest_gaps, section5_plan,
                                   select_by_validation, transfer_answers, validation_grid)
 
@@ -181,6 +181,15 @@ def test_equal_steps_epochs_match_batch_64s_step_count():
     assert equal_steps_epochs(1000, 128, 5) == 10  # 5 x 16 = 10 x 8
     assert equal_steps_epochs(300, 128, 2) == 3  # 2 x 5 = 10 steps; 3 x 3 = 9 is the nearest
     assert equal_steps_epochs(64, 256, 1) == 1
+
+
+def test_equal_steps_control_retrains_the_largest_batch_size_only_beside_batch_64():
+    assert equal_steps_control((16, 64, 128, 256), True) == 256
+    assert equal_steps_control((256, 64), True) == 256
+    assert equal_steps_control((16, 64, 128, 256), False) is None  # the control is off
+    assert equal_steps_control((16, 128, 256), True) is None  # no batch 64 to match
+    assert equal_steps_control((16, 64), True) is None  # nothing larger than 64 (smoke's sizes)
+    assert equal_steps_control((), True) is None
 
 
 def test_batch_size_rows_add_the_equal_steps_control_for_the_largest_batch(tiny_profile, store):

@@ -28,6 +28,15 @@ def test_surrogate_settings_are_the_key_knockoff_stores(tiny_profile, store):
         surrogate_settings(tiny_profile, "cifar10", budget="all")
 
 
+def test_a_whole_pool_task_has_the_key_knockoff_stores(tiny_profile, store):
+    """budget="all" resolves to the pool's size counted in its folder: the key knockoff() caches under."""
+    task = Task("surrogate/budget/cifar10/all/seed1", "02_knockoff", "kx_utils.attack:knockoff", ("cifar10",),
+                {"budget": "all", "seed": 1, "validation_fraction": 0.2})
+    result = knockoff(tiny_profile, "cifar10", store=store, **task.kwargs)
+    assert task.artifact(tiny_profile) == (SURROGATE, result.settings)
+    assert missing_tasks([task], tiny_profile, store) == []
+
+
 def test_grid_tasks_follow_the_profile_plan():
     mini = get_profile("mini")
     tasks = {t.name: t for t in grid_tasks(mini)}
@@ -42,6 +51,9 @@ def test_grid_tasks_follow_the_profile_plan():
     control = tasks["surrogate/table7/caltech/bs256_equal_steps/seed0"]
     assert control.kwargs["batch_size"] == 256 and control.kwargs["recipe"].epochs == 4 * mini.section5.epochs
     assert not [n for n in tasks if "equal_steps/seed1" in n or "bs128_equal_steps" in n]
+    # Table 2 queries the whole pool, so the budget curve's last point ("all") is Table 2's seed-0 run
+    assert mini.transfer_budget == 12000 and "all" in mini.section5.budget_curve_budgets
+    assert "surrogate/budget/caltech/all/seed0" not in tasks and "surrogate/budget/caltech/6000/seed0" in tasks
     keys = [t.artifact(mini) for t in tasks.values() if t.function == "kx_utils.attack:knockoff"]
     digests = [str(sorted(k[1].items())) for k in keys if k]
     assert len(digests) == len(set(digests))  # no surrogate is trained twice

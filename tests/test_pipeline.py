@@ -286,7 +286,7 @@ def test_plan_states_the_profiles_own_section5_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("KX_DATA", str(tmp_path))
     text = pl.plan(pl.get_profile("mini")).text()
     assert "Table 7: 3 victims x batch sizes 16, 64, 128, 256 (1,000 queries, 5 epochs)" in text
-    assert "Figure 2: caltech, cifar10, gtsrb with 6,000 queries for 6 epochs" in text
+    assert "Figure 2: caltech, cifar10, gtsrb with 12,000 queries for 6 epochs" in text
     assert "batch sizes 64, 128, 256 x 5 epochs (and the same grid on ImageNet queries)" in text
     assert "top-1/top-3/rounded answers for every pretrained victim" in text
     assert "budget curves for caltech, cifar10, gtsrb at 500, 2000, 6000, all queries" in text

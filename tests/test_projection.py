@@ -24,7 +24,7 @@ def test_list_schedule_by_hand():
 
 def test_surrogate_work_counts_the_passes(monkeypatch):
     mini = get_profile("mini", data_root="/nonexistent")  # sizes from the paper's Table 1 when no data
-    work = surrogate_work(mini, "caltech", validation_fraction=0.1, test_curve=False,
+    work = surrogate_work(mini, "caltech", budget=6000, validation_fraction=0.1, test_curve=False,
                           recipe=mini.surrogate_recipe.replace(epochs=6))
     assert work[0] == Work("inference", "mobilenet_v2", 48, 6000)  # the victim answers every query
     assert work[1] == Work("train", "mobilenet_v2", 48, 5400 * 6)  # 10% held out, 6 epochs

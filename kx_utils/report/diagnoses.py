@@ -162,7 +162,7 @@ def larger_batches(get: Getter, names: Names, settings: Mapping, comparisons: li
             seeds = seeds_of(row, "bs64")
             ran = row.get("equal_steps_seeds") or []
             # like with like: batch 64 on the same seeds as the control (the first ones)
-            if ran and len(seeds) >= len(ran) and len(ran) == 1:
+            if len(ran) == 1 and seeds:
                 bs64 = point(seeds[0], n, f"bs64 (seed {ran[0]})")
             else:
                 bs64 = rate(row, "bs64", n, "bs64")
