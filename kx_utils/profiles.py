@@ -146,9 +146,9 @@ FIGURE2_VICTIMS = ("caltech", "cifar10", "gtsrb_5l")
 # of three seeds of every surrogate result has about an hour for all of its surrogates.
 RATIONALE = {
     "surrogate_epochs": "Table 2's surrogates train 6 epochs on 12,000 queries, the whole stand-in pool (the "
-                        "paper: 200 on 100,000): three seeds of five victims take ~27 minutes on two one-thread "
-                        "grid workers; the appendix shows their validation curves, and the budget curves show "
-                        "what the doubling from 6,000 queries bought.",
+                        "paper: 200 on 100,000); their three seeds of five victims are the largest share of a mini "
+                        "run. The appendix shows their validation curves, and the budget curves what the step "
+                        "from 6,000 queries bought.",
     "section5_budget": "Tables 5-7 and the 5.1.3 control run on 1,000 queries for 5 epochs (the paper: the "
                        "100,000 of Table 2): ~15 s per surrogate in a notebook, which pays for three seeds of every number a "
                        "claim depends on. Every comparison of a claim is between runs of this same size.",
