@@ -47,7 +47,8 @@ test-gpu: setup
 		-p no:cacheprovider
 
 # the long fault-injection suite (an hour or more on a 2-core CPU): the smoke `reproduce` SIGKILLed at
-# seeded random moments and rerun (KX_RELIABILITY_KILLS, default 20), and two smoke runs compared;
+# seeded random moments and rerun (KX_RELIABILITY_KILLS, default 20, at most KX_RELIABILITY_KILLS_PER_STORM,
+# default 5, per run from an empty cache), and two smoke runs compared;
 # prints the table fault / trials / survived / data lost at the end
 test-reliability: setup
 	$(BIN)/python -m pytest tests/test_reliability.py -m reliability -s -p no:cacheprovider
