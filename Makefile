@@ -13,7 +13,7 @@ export KX_DATA
 
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-quick test-browser test-gpu bench-gpu test-reliability fetch-data mini paper-plan clean-runs
+.PHONY: setup test test-quick test-paper-path test-browser test-gpu bench-gpu test-reliability fetch-data mini paper-plan clean-runs
 
 $(BIN)/.kx-installed: requirements.txt requirements-weights.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,14 +25,26 @@ $(BIN)/.kx-installed: requirements.txt requirements-weights.txt pyproject.toml
 
 setup: $(BIN)/.kx-installed
 
-# unit tests (tiny tensors, no data) + every notebook executed by nbval on the smoke profile;
-# the quick fault-injection cases are unit tests, the long ones (marker `reliability`) are not here
+# unit tests (tiny tensors, no data), the smoke grid and notebook checks, the paper-shaped dry run, then every
+# notebook executed by nbval on the smoke profile, on the cache the smoke grid filled (each notebook is trained
+# once in tests/test_notebooks.py and made by the grid, not a third time by nbval); the quick fault-injection
+# cases are unit tests, the long ones (marker `reliability`) are not here
 test: setup
-	KX_PROFILE=smoke $(BIN)/python -m pytest tests notebooks --nbval-lax -m "not reliability" -p no:cacheprovider
+	@grid_cache=$$(mktemp -d); \
+	KX_PROFILE=smoke KX_SMOKE_GRID_CACHE=$$grid_cache $(BIN)/python -m pytest tests -m "not reliability" \
+		-p no:cacheprovider && \
+	KX_PROFILE=smoke KX_CACHE=$$grid_cache KX_RUNS=$$grid_cache/runs $(BIN)/python -m pytest notebooks \
+		--nbval-lax -p no:cacheprovider; \
+	status=$$?; rm -rf $$grid_cache; exit $$status
+
+# the paper-shaped dry run (part of `make test`): --profile paper end to end on synthetic images in the paper's
+# folder layout, random weights (KX_WEIGHTS=random, stated in every output), tiny sizes; Ray grid, notebooks, report
+test-paper-path: setup
+	$(BIN)/python -m pytest tests/test_paper_path.py -p no:cacheprovider
 
 # unit tests only: seconds, no KX_DATA needed
 test-quick: setup
-	$(BIN)/python -m pytest tests -m "not notebooks and not reliability" -p no:cacheprovider
+	$(BIN)/python -m pytest tests -m "not notebooks and not reliability and not paper_path" -p no:cacheprovider
 
 # notebook 02 in JupyterLab, driven in Chromium; screenshot in test-artifacts/ (alone, without
 # tests/test_notebooks.py's run of 01 before it, 02 trains its victims too)

@@ -149,11 +149,13 @@ def _grid_arguments(parser: argparse.ArgumentParser) -> None:
                              "($KX_CACHE) and data ($KX_DATA) must be on a filesystem every worker sees")
 
 
-def _run_grid(profile_name: str, overrides: dict, args, only=None) -> bool:
-    """The grid for ``profile_name``; its report printed and saved in runs/<profile>/grid.json."""
+def _run_grid(profile_name: str, overrides: dict, args, only=None, held_back: list | None = None) -> bool:
+    """The grid for ``profile_name``; its report printed and saved in runs/<profile>/grid.json.
+
+    ``held_back``, where given, receives the notebooks that need a task that failed or was skipped."""
     from .artifacts import atomic_write_text
     from .executors import make_executor, run_grid, shareable
-    from .grid import grid_tasks, missing_tasks
+    from .grid import grid_tasks, missing_tasks, notebooks_needing
     from .pipeline import run_dir, select_notebooks
 
     profile = shareable(get_profile(profile_name, **overrides))
@@ -169,6 +171,8 @@ def _run_grid(profile_name: str, overrides: dict, args, only=None) -> bool:
     report = run_grid(todo, executor)
     print(report.text())
     atomic_write_text(run_dir(profile.name) / "grid.json", json.dumps(report.as_dict(), indent=1) + "\n")
+    if held_back is not None:
+        held_back += notebooks_needing(tasks, [o.task for o in report.outcomes if o.status != "done"])
     return report.ok
 
 
@@ -336,11 +340,17 @@ def main(argv: list[str] | None = None) -> int:
         grid = None
         if args.grid:  # its time and the cache it found go into the command's record (the report's wall time)
             from .pipeline import grid_phase
-            ok, grid = grid_phase(args.profile, lambda: _run_grid(args.profile, overrides, args, args.only),
+            held_back: list[str] = []
+            ok, grid = grid_phase(args.profile,
+                                  lambda: _run_grid(args.profile, overrides, args, args.only, held_back),
                                   get_profile(args.profile, **overrides).cache_root)
             if not ok:
-                print("kx reproduce: the grid had failures (above); the notebooks were not run", file=sys.stderr)
-                return EXIT_FAILED
+                runnable = [nb for nb in select_notebooks(args.only) if nb not in held_back]
+                print(f"kx reproduce: the grid had failures (above); not run, since they need a failed task: "
+                      f"{', '.join(held_back)}; running the others: {', '.join(runnable) or 'none'}", file=sys.stderr)
+                if not runnable:
+                    return EXIT_FAILED
+                args.only = runnable
             from .train import NO_TRAINING_ENV
             os.environ[NO_TRAINING_ENV] = "1"  # the notebooks load what the grid made, or say what it missed
         try:
@@ -353,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\nkx reproduce interrupted: rerun the same command to resume", file=sys.stderr)
             return 130
+        if grid is not None and grid["status"] != "finished":
+            if not args.no_report:  # the notebooks that ran, reported; the held-back ones read "not run"
+                _report(args.profile)
+            return EXIT_FAILED
         return EXIT_OK if args.no_report else _report(args.profile)
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -61,7 +61,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from . import integrity
+from . import integrity, regime
 
 # Bump when a change to the store itself (the key or the file format) makes every artifact wrong.
 ARTIFACT_VERSION = 2
@@ -249,7 +249,11 @@ class ArtifactStore:
         if kind not in ARTIFACT_KINDS:
             raise KeyError(f"unknown artifact kind {kind!r}: register it with artifact_kind({kind!r}, version) "
                            f"in the module that produces it (known: {', '.join(sorted(ARTIFACT_KINDS))})")
-        return self.root / kind / f"{settings_key({'kind_version': ARTIFACT_KINDS[kind], 'settings': settings})}.pt"
+        keyed = {'kind_version': ARTIFACT_KINDS[kind], 'settings': settings}
+        switched = regime.non_defaults()  # random weights, fp32 on CUDA: never a default run's artifacts
+        if switched:
+            keyed["regime"] = switched
+        return self.root / kind / f"{settings_key(keyed)}.pt"
 
     def exists(self, kind: str, settings: dict) -> bool:
         """Whether a file is there (unverified: :meth:`load` checks it)."""

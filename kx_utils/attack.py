@@ -16,16 +16,19 @@ import torch
 
 from .api import PredictionAPI, answered_rows, answers_to_targets, api_description
 from .artifacts import ArtifactStore, artifact_kind
-from .data import ImageSet, dataset_info, resize_images
+from .data import ImageSet, dataset_info, remembered, resize_images
 from .devices import evaluation_batch_size
 from .models import build_model
 from .profiles import Profile, Recipe
 from .train import best_epoch, fit, per_class_accuracy, pick_device, predict_logits
-from .victims import Victim, get_victim, load_dataset_split, victim_image_size, victim_settings, victim_spec
+from .victims import (Victim, data_content, get_victim, load_dataset_split, victim_image_size, victim_settings,
+                      victim_spec)
 
-ANSWERS = artifact_kind("answers", 1)  # a transfer set: pool indices and the API's answers
+# v2: keyed by the content of the pool's splits (and the victim's, through its settings)
+ANSWERS = artifact_kind("answers", 2)  # a transfer set: pool indices and the API's answers
 # v2: settings name the frozen backbone blocks and whether the test set is scored every epoch
-SURROGATE = artifact_kind("surrogate", 2)  # a trained surrogate's history and accuracies
+# v3: keyed by the content of the data (the victim's and the pool's)
+SURROGATE = artifact_kind("surrogate", 3)  # a trained surrogate's history and accuracies
 
 
 class BudgetError(ValueError):
@@ -66,10 +69,16 @@ def attacker_pool(profile: Profile, pool: str = "imagenet", split: str | None = 
     size = size or profile.image_size.get(pool, max(profile.image_size.values()))
     if split == "all":
         info = dataset_info(pool)
-        parts = [load_dataset_split(profile, pool, s, size, store=store)
-                 for s in (info.standin_splits if profile.standins else info.splits)]
-        images = ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
-                          parts[0].classes, f"{pool}/all", [f for p in parts for f in p.files])
+        splits = tuple(info.standin_splits if profile.standins else info.splits)
+
+        def concatenated() -> ImageSet:
+            parts = [load_dataset_split(profile, pool, s, size, store=store) for s in splits]
+            return ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                            parts[0].classes, f"{pool}/all", [f for p in parts for f in p.files])
+
+        content = data_content(profile, pool, splits)  # a changed split is another concatenation
+        images = remembered(("pool", pool, size, profile.standins, str(profile.data_root),
+                             tuple(content.values())), concatenated)
     else:
         images = load_dataset_split(profile, pool, split, size, store=store)
     if profile.pool_size is not None and len(images) > profile.pool_size:
@@ -83,9 +92,16 @@ def query_settings(profile: Profile, victim: Victim, pool: str, split: str, budg
     return _query_settings(profile, victim.settings, victim.image_size, pool, split, budget, seed, replace, api)
 
 
+def pool_splits(profile: Profile, pool: str, split: str) -> tuple[str, ...]:
+    info = dataset_info(pool)
+    return tuple(info.standin_splits if profile.standins else info.splits) if split == "all" else (split,)
+
+
 def _query_settings(profile: Profile, victim_settings: dict, query_size: int, pool: str, split: str, budget: int,
-                    seed: int, replace: bool, api: dict) -> dict:
+                    seed: int, replace: bool, api: dict, with_content: bool = True) -> dict:
     return {"victim": victim_settings, "pool": pool, "pool_split": split, "pool_size": profile.pool_size,
+            "pool_data": data_content(profile, pool, pool_splits(profile, pool, split), with_content),
+            "center_crop": profile.center_crop,  # the pool's images: centre crops of a larger decode
             "standins": profile.standins, "query_size": query_size, "budget": budget,
             "seed": seed, "replace": replace, "api": api}
 
@@ -101,9 +117,12 @@ def _surrogate_settings(profile: Profile, query: dict, surrogate_size: int, reci
 def surrogate_settings(profile: Profile, victim_key: str, *, mode: str = "probs", k: int = 1, decimals: int = 1,
                        pool: str = "imagenet", pool_split: str | None = None, budget: int | None = None,
                        replace: bool = False, recipe: Recipe | None = None, batch_size: int | None = None,
-                       validation_fraction: float = 0.0, seed: int | None = None, test_curve: bool = True) -> dict:
+                       validation_fraction: float = 0.0, seed: int | None = None, test_curve: bool = True,
+                       with_content: bool = True) -> dict:
     """The settings (the cache key) of the surrogate ``knockoff(profile, victim_key, **same arguments)``
-    trains, from the settings alone: no model built, no image decoded, no query sent.
+    trains, from the settings alone: no model built, no image decoded, no query sent (the data's
+    content digests are read from the cache, or the files hashed once; ``with_content=False`` puts
+    placeholders in their place, for comparing two experiments' settings without the data).
 
     ``budget="all"`` is the pool's size, known once the pool is decoded: such a call has no key here.
     """
@@ -115,9 +134,10 @@ def surrogate_settings(profile: Profile, victim_key: str, *, mode: str = "probs"
         recipe = recipe.replace(batch_size=batch_size)
     pool_split = pool_split or default_pool_split(profile, pool)
     surrogate_size = profile.image_size[victim_spec(victim_key).dataset]
-    query = _query_settings(profile, victim_settings(profile, victim_key), victim_image_size(profile, victim_key),
-                            pool, pool_split, int(profile.transfer_budget if budget is None else budget), seed,
-                            replace, api_description(mode, k, decimals))
+    query = _query_settings(profile, victim_settings(profile, victim_key, with_content),
+                            victim_image_size(profile, victim_key), pool, pool_split,
+                            int(profile.transfer_budget if budget is None else budget), seed,
+                            replace, api_description(mode, k, decimals), with_content)
     return _surrogate_settings(profile, query, surrogate_size, recipe, validation_fraction, seed, test_curve)
 
 
@@ -248,22 +268,22 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
     victim = get_victim(profile, victim_key, store)
     surrogate_size = profile.image_size[victim_spec(victim_key).dataset]
     pool_split = pool_split or default_pool_split(profile, pool)
-    pool_images = attacker_pool(profile, pool, pool_split, surrogate_size, store)  # the surrogate trains on it
     recipe = recipe or profile.surrogate_recipe
     if batch_size is not None:
         recipe = recipe.replace(batch_size=batch_size)
 
+    # the pool is decoded only where answers or the surrogate must be computed (or budget="all" counts it)
     answered = answer_transfer_set(profile, victim, mode=mode, k=k, decimals=decimals, pool=pool,
                                    pool_split=pool_split, budget=budget, replace=replace, seed=seed,
-                                   store=store, detector=detector, detector_action=detector_action,
-                                   pool_images=pool_images)
+                                   store=store, detector=detector, detector_action=detector_action)
     q_settings = answered["settings"]
 
     s_settings = _surrogate_settings(profile, q_settings, surrogate_size, recipe, validation_fraction, seed,
                                      test_curve)
-    blob = store.load(SURROGATE, s_settings)
+    blob = cached_surrogate(store, s_settings)
     from_cache = blob is not None
     if blob is None:
+        pool_images = attacker_pool(profile, pool, pool_split, surrogate_size, store)  # the surrogate trains on it
         blob = _train_surrogate(profile, victim, pool_images, answered, recipe, validation_fraction,
                                 seed, store, s_settings, test_curve)
         store.save(SURROGATE, s_settings, blob)
@@ -288,6 +308,28 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
         queries_sent=int(answered["queries"]), query_count=int(answered["query_count"]),
         refused=int((~answered_mask).sum()), val_selected_accuracy=val_acc, val_selected_epoch=val_epoch,
         train_seconds=float(blob["train_seconds"]), from_cache=from_cache, settings=s_settings)
+
+
+def without_test_curve(blob: dict) -> dict:
+    """A surrogate scored on the test set every epoch, as the same run scored after its last epoch only.
+
+    Scoring is done in eval mode on the test set and draws no random number, so the two runs train
+    the same weights: only the per-epoch accuracies of the earlier epochs go."""
+    history = [dict(row) for row in blob["history"]]
+    for row in history[:-1]:
+        for name in [k for k in row if k.endswith("_acc")]:
+            del row[name]
+    return {**blob, "history": history}
+
+
+def cached_surrogate(store: ArtifactStore, settings: dict) -> dict | None:
+    """The stored surrogate of ``settings``; a run without a test curve is also answered by the same
+    run with one (Table 2's surrogates are Tables 5 and 6's probability-vector surrogates)."""
+    found = store.load(SURROGATE, settings)
+    if found is None and not settings["test_curve"]:
+        with_curve = store.load(SURROGATE, {**settings, "test_curve": True})
+        found = without_test_curve(with_curve) if with_curve is not None else None
+    return found
 
 
 def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, answered: dict,

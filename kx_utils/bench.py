@@ -10,8 +10,10 @@ Three measurements, all in one process so that their ratios are comparable on a 
    (:func:`kx_utils.models.split_frozen_prefix`), whose one-off prefix pass is amortised over the
    profile's surrogate epochs.  On a CUDA GPU today's path is bf16 autocast, channels_last and
    autotuned convolutions (:mod:`kx_utils.devices`, what ``fit`` runs); the candidates are float32,
-   contiguous memory, ``torch.compile`` and a sweep of batch sizes, for the surrogate architecture
-   and MobileNetV2 at the profile's surrogate input size;
+   contiguous memory, ``torch.compile`` and a sweep of batch sizes that includes every batch size
+   the profile trains at (the paper's 16, 64, 128 and 256: the GPU-hours projection,
+   :mod:`kx_utils.projection`, costs each task at its own batch size's rate), for the surrogate
+   architecture and MobileNetV2 at the profile's surrogate input size;
 2. **inference throughput** (querying a victim, extracting features) at several batch sizes;
 3. **accuracy** of one reference surrogate (the profile's Caltech attack) trained by each
    surrogate path, so that a faster path that learns less shows up.
@@ -39,7 +41,8 @@ from .models import build_model, split_frozen_prefix
 from .profiles import Profile
 from .train import frozen_outputs, soft_cross_entropy
 
-# training batch sizes timed besides the profile's, for the swept models (see training_models)
+# training batch sizes timed besides the profile's, for the swept models (see training_models); on a GPU
+# also every batch size the profile trains at (profile_batch_sizes), which the projection costs by
 TRAIN_SWEEP = {"cpu": (16, 256), "cuda": (64, 128, 256, 512)}
 # evaluation batch sizes timed besides the device's own (kx_utils.devices.evaluation_batch_size)
 INFERENCE_SWEEP = {"cpu": (64, 1024), "cuda": (256, 4096)}
@@ -195,6 +198,19 @@ def training_models(profile: Profile, device: torch.device) -> list[tuple[str, i
     return out
 
 
+def profile_batch_sizes(profile: Profile) -> list[int]:
+    """Every batch size the profile trains a surrogate at: its recipe's, Table 7's and 5.2.2's grids."""
+    plan = profile.section5
+    return sorted({profile.surrogate_recipe.batch_size, *profile.batch_sizes, *(plan.table7_batch_sizes or ()),
+                   *(plan.grid_batch_sizes or ())})
+
+
+def swept_batches(profile: Profile, device: torch.device, batch: int) -> list[int]:
+    """The batch sizes a swept model is timed at on ``device`` (``batch``: the profile's own)."""
+    extra = profile_batch_sizes(profile) if device.type == "cuda" else []
+    return sorted({batch, *TRAIN_SWEEP[device.type], *extra})
+
+
 def _frozen_paths(arch: str) -> list[str]:
     if arch == "mobilenet_v2":
         return ["frozen4", "frozen7", "frozen14", "frozen17"]
@@ -219,7 +235,7 @@ def training_timings(profile: Profile, device: torch.device, seconds: float, com
     epochs = profile.surrogate_recipe.epochs
     today = package_path(device)
     for arch, size, role, batch, swept in training_models(profile, device):
-        batches = sorted({batch, *TRAIN_SWEEP[device.type]}) if swept else [batch]
+        batches = swept_batches(profile, device, batch) if swept else [batch]
         todays: list[Timing] = []
         for b in batches:
             progress(f"  train {arch} {size} px, batch {b}")
@@ -379,4 +395,5 @@ def run_bench(profile: Profile, device: str = "auto", seconds: float = 3.0, comp
 
 
 __all__ = ["BenchRun", "FlopCounts", "Timing", "inference_models", "inference_rate", "package_path",
-           "reference_accuracy", "run_bench", "training_models", "training_rate"]
+           "profile_batch_sizes", "reference_accuracy", "run_bench", "swept_batches", "training_models",
+           "training_rate"]

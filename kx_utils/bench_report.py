@@ -10,7 +10,8 @@ lead's GPU-hours projection), in exactly this schema::
 
 ``default`` marks the path the package itself runs on that device (float32 on the CPU, bf16 on a
 GPU), at every batch size timed; ``flops_per_image`` is of what the row timed (a training step is
-three forward passes, :mod:`kx_utils.flops`).
+three forward passes, :mod:`kx_utils.flops`).  The projection reads the ``default`` rows, keyed by
+(section, model, size, batch): a GPU benchmark times every batch size the profile trains at.
 """
 
 from __future__ import annotations

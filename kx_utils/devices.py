@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 
+from . import regime
 from .profiles import Profile
 
 
@@ -46,8 +47,10 @@ def cuda_missing_message(what: str, cpu_choice: str = "device 'cpu' or 'auto'") 
 
 
 def mixed_precision(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA; on the CPU a disabled autocast (float32 throughout)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """bf16 autocast on CUDA unless ``KX_PRECISION=fp32`` (:mod:`kx_utils.regime`); on the CPU a disabled
+    autocast (float32 throughout)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=device.type == "cuda" and regime.cuda_precision() == "bf16")
 
 
 @contextlib.contextmanager

@@ -60,12 +60,14 @@ class Task:
         """A digest of the call itself (function and arguments)."""
         return settings_key({"function": self.function, "args": _plain(list(self.args)), "kwargs": _plain(self.kwargs)})
 
-    def artifact(self, profile: Profile) -> tuple[str, dict] | None:
+    def artifact(self, profile: Profile, with_content: bool = True) -> tuple[str, dict] | None:
         """(kind, settings) of the artifact this task makes, where they follow from the settings
-        alone (victims, single surrogates); None for composite tasks (they load what exists)."""
+        alone (victims, single surrogates); None for composite tasks (they load what exists).
+        ``with_content=False``: the data's digests replaced by placeholders (no data read), to
+        compare two tasks of one grid."""
         if self.function == "kx_utils.victims:get_victim":
             from .victims import VICTIM, victim_settings
-            return VICTIM, victim_settings(profile, self.args[0])
+            return VICTIM, victim_settings(profile, self.args[0], with_content)
         if self.function == "kx_utils.attack:knockoff":
             from .attack import SURROGATE, surrogate_settings
             kwargs = self.kwargs
@@ -73,10 +75,10 @@ class Task:
                 # the pool's size, counted in its folder (knockoff counts the decoded pool): so a curve's
                 # last point and a Table 2 run on the whole pool are one task.  Where the folder is absent
                 # the count is the paper's, the key matches nothing, and the task simply runs.
-                from .projection import pool_size
+                from .workload import pool_size
                 kwargs = {**kwargs, "budget": pool_size(profile, kwargs.get("pool", "imagenet"),
                                                         kwargs.get("pool_split"))}
-            return SURROGATE, surrogate_settings(profile, self.args[0], **kwargs)
+            return SURROGATE, surrogate_settings(profile, self.args[0], **kwargs, with_content=with_content)
         return None
 
     def describe(self) -> dict:
@@ -129,8 +131,10 @@ def in_distribution_grid(profile: Profile, seed: int, pool: str, batch_sizes: tu
 
 
 def in_distribution_detection(profile: Profile, store: ArtifactStore | None = None) -> dict:
-    """What notebook 06 asks of the Caltech detector: its flags on the in-distribution queries, on as
-    many unseen ImageNet queries and on the benign test images (their features are cached)."""
+    """What notebook 06 asks of the Caltech detector: the share it flags of the in-distribution queries,
+    of unseen ImageNet queries (as many, or all there are where fewer are unseen:
+    :func:`~kx_utils.detect.unseen_imagenet_queries`) and of the benign test images, with each set's size.
+    Returns ``{"detector": name, "flagged": {set: share}, "counts": {set: images}}``."""
     from .detect import detection_data, get_detector, unseen_imagenet_queries
     from .experiments import flagged_share, transfer_answers
     bing, budget = in_distribution_setup(profile, store)
@@ -140,7 +144,8 @@ def in_distribution_detection(profile: Profile, store: ArtifactStore | None = No
     sets = {"in_distribution": queries,
             "unseen_imagenet": unseen_imagenet_queries(profile, "caltech", len(queries), store),
             "benign": detection_data(profile, "caltech", store).in_test.images}
-    return {name: flagged_share(detector.flag, images) for name, images in sets.items()}
+    return {"detector": detector.name, "flagged": {name: flagged_share(detector.flag, images) for name, images in sets.items()},
+            "counts": {name: len(images) for name, images in sets.items()}}
 
 
 # ---------------------------------------------------------------- the tasks of each notebook
@@ -175,10 +180,12 @@ def grid_tasks(profile: Profile, notebooks: tuple[str, ...] | None = None) -> li
         """A knockoff task, unless an earlier task trains the very same surrogate (Table 7's default
         batch size is Table 5's run): then that task's name, so dependents wait for it."""
         task = Task(name, NOTEBOOK_OF_STAGE[stage], "kx_utils.attack:knockoff", (key,), kwargs, (victim[key],))
-        artifact = task.artifact(P)
+        artifact = task.artifact(P, with_content=False)  # one grid, one data: the content adds nothing here
         digest = settings_key(artifact[1]) if artifact else name
-        if digest in made_by:
-            first = made_by[digest]
+        # a run without a test curve is answered by the same run with one (attack.cached_surrogate)
+        with_curve = settings_key({**artifact[1], "test_curve": True}) if artifact else name
+        if digest in made_by or with_curve in made_by:
+            first = made_by.get(digest) or made_by[with_curve]
             i = next(i for i, t in enumerate(tasks) if t.name == first)
             if task.notebook not in (tasks[i].notebook, *tasks[i].also_for):
                 tasks[i] = dataclasses.replace(tasks[i], also_for=tasks[i].also_for + (task.notebook,))
@@ -276,6 +283,20 @@ def _needed_by(tasks: list[Task], notebooks: tuple[str, ...]) -> list[Task]:
     return [t for t in tasks if t.name in keep]
 
 
+def notebooks_needing(tasks: list[Task], names) -> list[str]:
+    """The notebooks (in order) that use any of the tasks ``names`` or a task that waits for one."""
+    by_name = {t.name: t for t in tasks}
+    hit, grew = set(names), True
+    while grew:  # what waits, directly or not, on a named task
+        grew = False
+        for t in tasks:
+            if t.name not in hit and set(t.after) & hit:
+                hit.add(t.name)
+                grew = True
+    notebooks = {nb for name in hit if name in by_name for nb in (by_name[name].notebook, *by_name[name].also_for)}
+    return [nb for nb in NOTEBOOK_OF_STAGE.values() if nb in notebooks]
+
+
 def missing_tasks(tasks: list[Task], profile: Profile, store: ArtifactStore | None = None) -> list[Task]:
     """The tasks whose artifact is not in the cache (composite tasks always count as missing: they
     load what exists when they run)."""
@@ -283,9 +304,16 @@ def missing_tasks(tasks: list[Task], profile: Profile, store: ArtifactStore | No
     out = []
     for task in tasks:
         artifact = task.artifact(profile)
-        if artifact is None or not store.exists(*artifact):
+        if artifact is None or not _made(store, *artifact):
             out.append(task)
     return out
+
+
+def _made(store: ArtifactStore, kind: str, settings: dict) -> bool:
+    if store.exists(kind, settings):
+        return True
+    return kind == "surrogate" and settings.get("test_curve") is False and \
+        store.exists(kind, {**settings, "test_curve": True})
 
 
 def tasks_json(tasks: list[Task]) -> str:

@@ -76,12 +76,45 @@ def _header(identity: str, size: int, sha256: str) -> bytes:
     return header + b" " * (HEADER_BYTES - 1 - len(header)) + b"\n"
 
 
+# what ``torch.load(weights_only=True)`` reads back: exact types, since numpy's scalars subclass
+# Python's (``np.float64`` is a ``float``) and pass an isinstance check, then fail the load
+_PLAIN_SCALARS = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+_PLAIN_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def not_plain(obj: Any, where: str = "the artifact") -> str | None:
+    """Where ``obj`` holds a value ``weights_only`` loading refuses (``"the artifact['Cs'][0] is
+    numpy.float64"``), or None when it holds only tensors, plain numbers, strings and containers."""
+    kind = type(obj)
+    if kind in _PLAIN_SCALARS or isinstance(obj, torch.Tensor):
+        return None
+    if kind is dict or kind.__name__ == "OrderedDict":
+        for key, value in obj.items():
+            found = not_plain(key, f"a key of {where}") or not_plain(value, f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if kind in _PLAIN_CONTAINERS:
+        for i, value in enumerate(obj):
+            found = not_plain(value, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    return f"{where} is {kind.__module__}.{kind.__qualname__}"
+
+
 def dump(obj: Any, file: BinaryIO, identity: str) -> None:
     """Write ``obj`` with its header to ``file`` (a fresh, seekable file opened for writing).
 
+    ``obj`` must hold only what ``weights_only`` loading reads back (:func:`not_plain`): anything
+    else is a ``TypeError`` here, before a byte is written, rather than a file no run can read.
     The payload streams through the hash, so nothing is held twice in memory; the header's
     place is reserved first and filled in once the payload's length and digest are known.
     """
+    problem = not_plain(obj)
+    if problem:
+        raise TypeError(f"cannot store {identity}: {problem}, which torch.load(weights_only=True) refuses; "
+                        "convert it (float(x), x.tolist(), torch.as_tensor(x)) in the code that builds it")
     start = file.tell()
     file.write(b"\0" * HEADER_BYTES)
     writer = _HashingWriter(file)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from . import regime
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -180,6 +181,12 @@ def resolve_weights(arch: str) -> Path:
     raise MissingWeightsError(f"ImageNet weights for {arch} not found: no file {cached}. To get them: {how}")
 
 
+def weights_identity(arch: str) -> str:
+    """What names ``arch``'s pretrained weights in an artifact's settings: the checkpoint's file name, or
+    "random" under ``KX_WEIGHTS=random`` (:mod:`kx_utils.regime`), where no checkpoint is read."""
+    return "random" if regime.weights() == "random" else resolve_weights(arch).name
+
+
 def seed_hub_cache() -> list[Path]:
     """Copy packaged weights into torch's hub cache so torchvision's ``weights=`` API finds them."""
     seeded = []
@@ -204,6 +211,14 @@ def _load_state_dict(arch: str) -> dict:
                                   "delete it and install it again") from exc
 
 
+def _load_pretrained(net: nn.Module, arch: str) -> None:
+    """ImageNet's weights into ``net``; under ``KX_WEIGHTS=random`` its random initialisation stays, said aloud."""
+    if regime.weights() == "random":
+        regime.warn_random_weights(arch)
+        return
+    net.load_state_dict(_load_state_dict(arch))
+
+
 # ---------------------------------------------------------------- building models
 
 def build_model(arch: str, num_classes: int, pretrained: bool = True) -> Classifier:
@@ -220,14 +235,14 @@ def build_model(arch: str, num_classes: int, pretrained: bool = True) -> Classif
         from efficientnet_lite_pytorch import EfficientNet
         net = EfficientNet.from_name("efficientnet-lite0")
         if pretrained:
-            net.load_state_dict(_load_state_dict(arch))
+            _load_pretrained(net, arch)
         body = _EfficientNetFeatures(net)
         return Classifier(body, net._fc.in_features, num_classes, dropout=0.2, arch=arch)
 
     fn_name, _ = _TORCHVISION[arch]
     net = getattr(torchvision.models, fn_name)(weights=None)
     if pretrained:
-        net.load_state_dict(_load_state_dict(arch))
+        _load_pretrained(net, arch)
     if arch == "mobilenet_v2":
         dim = net.classifier[1].in_features
         body = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -584,6 +584,9 @@ def plan(profile: Profile) -> Plan:
         *_section5_lines(p, len(PRETRAINED_VICTIMS), len(VICTIMS)),
         f"Surrogate training epochs: {s.epochs} (the paper: 200). Nothing is trained by --plan.",
     ]
+    if not p.standins:
+        from .memory import memory_lines
+        out.lines += ["", *memory_lines(p)]
 
     # data: every split the profile's layout declares for every dataset of the paper
     try:
@@ -621,7 +624,12 @@ def plan(profile: Profile) -> Plan:
             _check_standin_folders(out, root)
 
     # weights: every pretrained model the profile uses (scratch detectors need none)
+    from . import regime
     for arch in dict.fromkeys([p.backbone, p.surrogate_arch, *p.detector_cv_archs]):
+        if regime.weights() == "random":
+            out.warnings.append(f"ImageNet weights of {arch}: NOT USED, {regime.WEIGHTS_ENV}=random builds it with "
+                                "random weights (a dry run: its numbers mean nothing)")
+            continue
         try:
             out.present.append(f"ImageNet weights of {arch}: {resolve_weights(arch)}")
         except MissingWeightsError as exc:

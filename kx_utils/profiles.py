@@ -30,7 +30,10 @@ class ProfileError(ValueError):
 
 
 OPTIMIZERS = ("sgd", "adam")
-AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
+# crop: a random crop of the image zero-padded by 1/8 of its side (the CIFAR recipe); resized_crop:
+# torchvision's RandomResizedCrop (8-100% of the area, aspect 3/4-4/3), the Knockoff authors' ImageNet-family
+# training transform; *_flip adds horizontal flips
+AUGMENTATIONS = ("none", "flip", "crop", "crop_flip", "resized_crop", "resized_crop_flip")
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ SEEDED_EXPERIMENTS = ("table2", "table5", "table6", "extra_formats", "table7", "
 
 # Profile values that are shares of something, from 0 to 1
 FRACTIONS = ("validation_fraction", "surrogate_validation_fraction", "detector_ood_share",
-             "published_validation_fraction", "baseline_tnr")
+             "published_validation_fraction", "baseline_tnr", "center_crop")
 
 # Figure 2's caption names GTSRB-5L, its text GTSRB-RN34; kx follows the caption.
 FIGURE2_VICTIMS = ("caltech", "cifar10", "gtsrb_5l")
@@ -181,6 +184,11 @@ class Profile:
     standins: bool  # read the offline stand-in folders of $KX_DATA instead of the paper's datasets
     image_size: dict  # dataset key -> side in pixels for pretrained models
     scratch_image_size: int  # GTSRB-5L / CIFAR10-9L input side
+    # the share of a stored side the pretrained models see: every set at a pretrained model's side S is
+    # decoded at round(S / center_crop) and centre-cropped to S (the Knockoff authors' test transform,
+    # Resize(256) + CenterCrop(224), is 0.875); a victim whose recipe augments with "resized_crop*" trains
+    # on random resized crops of the larger images (their RandomResizedCrop(224))
+    center_crop: float
     train_per_class: int | None  # cap on victim training images per class (None: all)
     test_per_class: int | None
     pool_size: int | None  # cap on the attacker's pool (None: all)
@@ -265,6 +273,8 @@ class Profile:
         sizes = self.image_size.values() if isinstance(self.image_size, dict) else ()
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
             problems.append(f"image_size must map datasets to sides of 1 pixel or more, got {self.image_size!r}")
+        if not problems and self.center_crop == 0:
+            problems.append("center_crop must be above 0 (the share of the stored side a model sees), got 0")
         if problems:
             raise ProfileError(f"profile {self.name!r}: " + "; ".join(problems))
 
@@ -287,10 +297,13 @@ _PAPER = Profile(
     image_size={"caltech256": 224, "cubs200": 224, "diabetic5": 224, "gtsrb": 224,
                 "cifar10": 224, "imagenet": 224, "openimages": 224, "bing": 224},
     scratch_image_size=32,
+    center_crop=224 / 256,
     train_per_class=None,
     test_per_class=None,
     pool_size=100_000,
-    victim_recipe=PAPER_SGD.replace(augment="crop_flip"),
+    # the Knockoff authors' ImageNet-family transforms, which the paper follows: RandomResizedCrop(224) and
+    # flips for training, Resize(256) + CenterCrop(224) for everything else (center_crop)
+    victim_recipe=PAPER_SGD.replace(augment="resized_crop_flip"),
     victim_overrides={},
     scratch_recipe=PAPER_ADAM.replace(augment="crop"),
     surrogate_recipe=PAPER_SGD,  # Knockoff trains the surrogate without augmentation
@@ -344,7 +357,10 @@ _MINI = _PAPER.replace(
                 "cifar10": 48, "imagenet": 48, "openimages": 48, "bing": 48},
     # the stand-in pool (Tiny-ImageNet's train split) is smaller than 100,000: use all of it
     pool_size=None,
-    # CPU recipes (see _MINI_SGD): 10 epochs instead of 200 at the calibrated learning rate
+    # CPU recipes (see _MINI_SGD): 10 epochs instead of 200 at the calibrated learning rate; 48 px stand-ins
+    # decoded whole and trained with padded random crops and flips, not the paper's resized crops of a
+    # 256 px image centre-cropped to 224 (at 48 px a crop of 8% of the area leaves too little to learn from)
+    center_crop=1.0,
     victim_recipe=_MINI_SGD.replace(epochs=10, augment="crop_flip"),
     # the large sets need fewer epochs; random crops slow CIFAR10's short run down
     victim_overrides={"cifar10": {"epochs": 5, "augment": "flip"}, "gtsrb": {"epochs": 4}},

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import regime
 from .artifacts import REPO_ROOT, atomic_write_text
 from .data import absent_optional_datasets
 from .profiles import Profile
@@ -53,6 +54,7 @@ def environment() -> dict:
         # kernels (oneDNN, MKL) split reductions by thread and pick code paths by ISA
         "torch_threads": torch.get_num_threads(), "cpu_isa": torch.backends.cpu.get_cpu_capability(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **regime.describe(cuda=torch.cuda.is_available()),
     }
     return env
 

@@ -57,8 +57,34 @@ def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
     return lr
 
 
-def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding of 1/8 of the side) for ``crop*``, horizontal flips for ``*flip``.
+RESIZED_CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults: share of the area...
+RESIZED_CROP_RATIO = (3 / 4, 4 / 3)  # ...and aspect ratio of the crop
+_RESIZED_CROP_TRIES = 10
+
+
+def resized_crop_boxes(n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` crop boxes ``(x1, y1, x2, y2)`` drawn as torchvision's ``RandomResizedCrop.get_params`` draws
+    them: up to ten tries of an area share and a log-uniform aspect ratio, the first that fits; where none
+    fits, the whole image (torchvision's fallback for a square image)."""
+    dev = generator.device
+    area = torch.empty(n, _RESIZED_CROP_TRIES, device=dev).uniform_(*RESIZED_CROP_SCALE, generator=generator) * h * w
+    log_ratio = torch.empty(n, _RESIZED_CROP_TRIES, device=dev).uniform_(
+        math.log(RESIZED_CROP_RATIO[0]), math.log(RESIZED_CROP_RATIO[1]), generator=generator)
+    cw = torch.sqrt(area * torch.exp(log_ratio)).round()
+    ch = torch.sqrt(area / torch.exp(log_ratio)).round()
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1, device=dev))
+    rows = torch.arange(n, device=dev)
+    cw = torch.where(first >= 0, cw[rows, first.clamp(min=0)], torch.full((n,), float(w), device=dev))
+    ch = torch.where(first >= 0, ch[rows, first.clamp(min=0)], torch.full((n,), float(h), device=dev))
+    x1 = torch.floor(torch.rand(n, generator=generator, device=dev) * (w - cw + 1))
+    y1 = torch.floor(torch.rand(n, generator=generator, device=dev) * (h - ch + 1))
+    return torch.stack([x1, y1, x1 + cw, y1 + ch], 1)
+
+
+def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator, out_size: int | None = None) -> torch.Tensor:
+    """Random crop (zero padding of 1/8 of the side) for ``crop*``, horizontal flips for ``*flip``, a random
+    resized crop to ``out_size`` x ``out_size`` (default: the input's side) for ``resized_crop*``.
 
     The random numbers come from ``generator`` on its own device (a GPU generator for images on
     the GPU, so that no batch waits for a copy from the host).
@@ -71,15 +97,23 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> tor
     if mode == "flip":
         flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device)
         return torch.where(flip[:, None, None, None], x.flip(3), x)
-    pad = max(1, h // 8)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, c, h, w)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, c, h, w)
-    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
-                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
-    if mode == "crop_flip":
+    if mode.startswith("resized_crop"):
+        from torchvision.ops import roi_align
+        boxes = resized_crop_boxes(n, h, w, generator).to(x.device, x.dtype)
+        indexed = torch.cat([torch.arange(n, device=x.device, dtype=x.dtype)[:, None], boxes], 1)
+        side = out_size or h
+        # bilinear samples of each box at the output grid (2 x 2 per output pixel), as a batch
+        out = roi_align(x, indexed, output_size=(side, side), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    else:
+        pad = max(1, h // 8)
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, c, h, w)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, c, h, w)
+        out = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                     torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    if mode.endswith("_flip"):
         flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device)
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
     return out
@@ -145,7 +179,8 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
         eval_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         seed: int = 0, device: str | torch.device = "auto", checkpoint: str | Path | None = None,
         progress: bool = True, desc: str = "train", eval_batch_size: int = 256,
-        frozen_blocks: int = 0, evaluate_every_epoch: bool = True, compile_model: bool = False) -> list[dict]:
+        frozen_blocks: int = 0, evaluate_every_epoch: bool = True, compile_model: bool = False,
+        input_size: int | None = None) -> list[dict]:
     """Train ``model`` in place on uint8 ``images`` and return the per-epoch history.
 
     ``targets`` are int64 class indices (cross-entropy) or float probability vectors
@@ -160,6 +195,10 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     un-augmented training (the same input every epoch).  The frozen blocks keep their
     pretrained BatchNorm statistics (re-estimating them on the transfer set measured
     worse: Caltech 50.4% against 52.3% with blocks 14+ trained).
+
+    ``input_size``: the side the network sees when ``images`` are stored larger for a random resized
+    crop (``augment="resized_crop*"``: the paper profile's victims train on RandomResizedCrop(224) of
+    images kept at 256 px, as the Knockoff authors' code does); None: the images' own side.
 
     ``compile_model`` trains through ``torch.compile`` of the trained network (the profile's
     ``compile_models``, off by default: :class:`kx_utils.profiles.Profile` says why); evaluation
@@ -230,7 +269,7 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
                     step = epoch * steps_per_epoch + i
                     for group in optimizer.param_groups:
                         group["lr"] = learning_rate(recipe, step, total_steps)
-                    x = augment_batch(to_float(images[batch]), recipe.augment, generator)
+                    x = augment_batch(to_float(images[batch]), recipe.augment, generator, input_size)
                     x = x.contiguous(memory_format=torch.channels_last)
                     y = targets[batch]
                     with mixed_precision(device):

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 import torch
 
 from .artifacts import ArtifactStore, artifact_kind
-from .data import ImageSet, absent_optional_datasets, dataset_info, load_split
+from .data import ImageSet, absent_optional_datasets, dataset_info, load_split, split_content_digest
+from .imagefolder import resized_side
 from .devices import evaluation_batch_size
 from .models import SHORT_NAMES, Classifier, build_model
 from .profiles import VICTIM_KEYS, Profile, Recipe
 from .train import fit, per_class_accuracy, pick_device, predict_logits
 
-VICTIM = artifact_kind("victim", 1)  # a trained victim: weights, history, test accuracy
+# v2: keyed by the content of its train and test splits
+VICTIM = artifact_kind("victim", 2)  # a trained victim: weights, history, test accuracy
 
 
 @dataclass(frozen=True)
@@ -88,35 +90,69 @@ def victim_recipe(profile: Profile, key: str) -> Recipe:
     recipe = recipe.replace(**profile.victim_overrides.get(key, {}))
     if not spec.flips and recipe.augment == "flip":
         recipe = recipe.replace(augment="none")
-    if not spec.flips and recipe.augment == "crop_flip":
-        recipe = recipe.replace(augment="crop")
+    if not spec.flips and recipe.augment in ("crop_flip", "resized_crop_flip"):
+        recipe = recipe.replace(augment=recipe.augment.removesuffix("_flip"))
     return recipe
 
 
+def stored_side(profile: Profile, size: int) -> int:
+    """The side a pretrained model's input of ``size`` is resized from: ``size / center_crop``."""
+    return resized_side(size, profile.center_crop)
+
+
 def load_dataset_split(profile: Profile, dataset: str, split: str, size: int,
-                       per_class: int | None = None, store: ArtifactStore | None = None) -> ImageSet:
-    """A split of a registered dataset at ``size`` px, capped to ``per_class`` images per class."""
-    full = load_split(dataset, split, standins=profile.standins, root=profile.data_root,
-                      store=store or ArtifactStore(profile.cache_root))
-    return full.per_class(per_class, seed=profile.seed).resized(size)
+                       per_class: int | None = None, store: ArtifactStore | None = None, *,
+                       pretrained_view: bool = True, uncropped: bool = False) -> ImageSet:
+    """A split of a registered dataset at ``size`` px, capped to ``per_class`` images per class.
+
+    ``pretrained_view``: the set as a pretrained model sees it, each image resized to
+    ``size / center_crop`` and its centre kept (the profile's ``center_crop``: the Knockoff code's
+    Resize(256) + CenterCrop(224) in ``paper``); ``False`` for the scratch victims' 32 px sets, which
+    the Knockoff code feeds whole.  ``uncropped``: the images at ``size / center_crop``, whole (a victim's
+    training set, for its random resized crops)."""
+    crop = profile.center_crop if pretrained_view else 1.0
+    side, crop = (resized_side(size, crop), 1.0) if uncropped else (size, crop)
+    full = load_split(dataset, split, standins=profile.standins, size=side, root=profile.data_root,
+                      store=store or ArtifactStore(profile.cache_root), crop=crop)
+    return full.per_class(per_class, seed=profile.seed)
 
 
-def victim_data(profile: Profile, key: str, store: ArtifactStore | None = None
+def victim_data(profile: Profile, key: str, store: ArtifactStore | None = None, for_training: bool = False
                 ) -> tuple[ImageSet, ImageSet]:
-    """The victim's (train, test) sets at its input size, with the profile's per-class caps."""
+    """The victim's (train, test) sets at its input size, with the profile's per-class caps.
+
+    ``for_training``: the training set as the victim's augmentation takes it (decoded larger, uncropped, for
+    a random resized crop)."""
     spec = victim_spec(key)
     size = victim_image_size(profile, key)
-    train = load_dataset_split(profile, spec.dataset, "train", size, profile.train_per_class, store)
-    test = load_dataset_split(profile, spec.dataset, "test", size, profile.test_per_class, store)
+    resized_crops = for_training and victim_recipe(profile, key).augment.startswith("resized_crop")
+    train = load_dataset_split(profile, spec.dataset, "train", size, profile.train_per_class, store,
+                               pretrained_view=spec.pretrained, uncropped=resized_crops)
+    test = load_dataset_split(profile, spec.dataset, "test", size, profile.test_per_class, store,
+                              pretrained_view=spec.pretrained)
     return train, test
 
 
-def victim_settings(profile: Profile, key: str) -> dict:
-    """Everything that determines a trained victim: the key of its artifact."""
+def data_content(profile: Profile, dataset: str, splits, with_content: bool = True) -> dict:
+    """split -> the sha256 of its files (:func:`kx_utils.data.split_content_digest`), for artifact keys.
+
+    ``with_content=False`` names the splits instead, reading nothing: enough to tell two
+    experiments apart on the same data (the grid's de-duplication), never to key an artifact."""
+    if not with_content:
+        return {split: f"{dataset}/{split}" for split in splits}
+    return {split: split_content_digest(dataset, split, standins=profile.standins, root=profile.data_root,
+                                        store=ArtifactStore(profile.cache_root)) for split in splits}
+
+
+def victim_settings(profile: Profile, key: str, with_content: bool = True) -> dict:
+    """Everything that determines a trained victim: the key of its artifact, its data's content included
+    (``with_content=False``: :func:`data_content`'s placeholder, for comparing settings only)."""
     spec = victim_spec(key)
     return {
+        "data": data_content(profile, spec.dataset, ("train", "test"), with_content),
         "victim": key, "dataset": spec.dataset, "arch": victim_arch(profile, key),
         "pretrained": spec.pretrained, "image_size": victim_image_size(profile, key),
+        "center_crop": profile.center_crop if spec.pretrained else 1.0,
         "standins": profile.standins, "train_per_class": profile.train_per_class,
         "test_per_class": profile.test_per_class, "recipe": victim_recipe(profile, key).as_dict(),
         "seed": profile.seed,
@@ -163,7 +199,7 @@ def get_victim(profile: Profile, key: str, store: ArtifactStore | None = None,
 
 
 def _train_victim(profile: Profile, key: str, settings: dict, store: ArtifactStore) -> dict:
-    train, test = victim_data(profile, key, store)
+    train, test = victim_data(profile, key, store, for_training=True)
     torch.manual_seed(profile.seed)
     model = build_model(settings["arch"], train.num_classes, pretrained=settings["pretrained"])
     recipe = victim_recipe(profile, key)
@@ -172,7 +208,7 @@ def _train_victim(profile: Profile, key: str, settings: dict, store: ArtifactSto
                   seed=profile.seed, device=pick_device(profile.device),
                   checkpoint=store.scratch_path(VICTIM, settings, "ckpt"), progress=profile.progress,
                   desc=f"victim {victim_name(profile, key)}", eval_batch_size=evaluation_batch_size(profile),
-                  compile_model=profile.compile_models)
+                  compile_model=profile.compile_models, input_size=settings["image_size"])
     seconds = time.perf_counter() - t0
     pred = predict_logits(model, test.images, evaluation_batch_size(profile), pick_device(profile.device)).argmax(1)
     return {

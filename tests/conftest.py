@@ -129,8 +129,14 @@ def smoke_grid(tmp_path_factory) -> SmokeGrid:
     from kx_utils.train import NO_TRAINING_ENV
 
     caches, reports = {}, {}
+    # `make test` names the Ray grid's cache (KX_SMOKE_GRID_CACHE, an empty folder) so that nbval's run of
+    # the notebooks afterwards loads what the grid made instead of training the smoke profile once more
+    named = os.environ.get("KX_SMOKE_GRID_CACHE")
     for name, workers, notebooks in (("ray", 2, None), ("serial", None, ("01_victims", "02_knockoff"))):
-        cache = tmp_path_factory.mktemp(f"cache_{name}")
+        cache = Path(named) if named and name == "ray" else tmp_path_factory.mktemp(f"cache_{name}")
+        if any(cache.glob("*/*.pt")):
+            pytest.fail(f"KX_SMOKE_GRID_CACHE={cache} already holds artifacts: the smoke grid must start from an "
+                        "empty cache (give it a new folder)")
         profile = shareable(get_profile("smoke", cache_root=str(cache), **SMOKE_GRID_OVERRIDES))
         report = run_grid(grid_tasks(profile, notebooks), make_executor(name, profile, workers=workers, threads=1),
                           log=lambda m: None)
@@ -180,3 +186,12 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line("|---|---:|---:|---:|")
     for fault, trials, survived, lost in FAULT_LEDGER:
         terminalreporter.write_line(f"| {fault} | {trials} | {survived} | {lost} |")
+
+
+@pytest.fixture(autouse=True)
+def forget_decoded_sets():
+    """Every test starts without the decoded sets an earlier test's process kept (kx_utils.data.remembered)."""
+    from kx_utils.data import forget_remembered
+    forget_remembered()
+    yield
+    forget_remembered()

@@ -76,7 +76,7 @@ def test_each_kind_remembers_the_module_that_registers_it():
     sources = artifact_sources()  # imports the producing modules
     owners = {kind: entry["module"] for kind, entry in sources.items()}
     assert owners == {"victim": "kx_utils.victims", "answers": "kx_utils.attack", "surrogate": "kx_utils.attack",
-                      "decoded": "kx_utils.data", "features": "kx_utils.detect.experiments",
+                      "decoded": "kx_utils.data", "split_content": "kx_utils.data", "features": "kx_utils.detect.experiments",
                       "detector": "kx_utils.detect.experiments",
                       "detector_outputs": "kx_utils.detect.experiments",
                       "ood_scores": "kx_utils.detect.experiments",

@@ -113,3 +113,49 @@ def test_clearly_learned_needs_a_margin_over_chance():
     from kx_utils.victims import clearly_learned
     assert clearly_learned(0.66, 0.011) and clearly_learned(0.82, 0.10)
     assert not clearly_learned(0.374, 0.330)  # mini's Diabetic5 stand-in
+
+
+def test_a_run_without_a_test_curve_is_the_same_run_with_one(tiny_profile, store, monkeypatch):
+    """Table 2's surrogate answers Tables 5 and 6's probability-vector request: one run, one key's work."""
+    with_curve = knockoff(tiny_profile, "cifar10", store=store, recipe=tiny_profile.surrogate_recipe.replace(epochs=3))
+    import kx_utils.attack as ka
+    monkeypatch.setattr(ka, "_train_surrogate", lambda *a, **k: pytest.fail("trained the same surrogate twice"))
+    without = knockoff(tiny_profile, "cifar10", store=store, recipe=tiny_profile.surrogate_recipe.replace(epochs=3),
+                       test_curve=False)
+    assert without.from_cache and without.final_accuracy == with_curve.final_accuracy
+    # scored after its last epoch only, as a run without the curve would be
+    assert ["test_acc" in row for row in without.history] == [False, False, True]
+    assert (without.best_accuracy, without.best_epoch) == (with_curve.final_accuracy, 3)
+    monkeypatch.undo()
+    # and the weights are what a run without the curve trains (scoring draws no random number)
+    alone = knockoff(tiny_profile, "cifar10", store=ArtifactStore(tiny_profile.cache_root + "-alone"),
+                     recipe=tiny_profile.surrogate_recipe.replace(epochs=3), test_curve=False)
+    plain = lambda history: [{k: v for k, v in row.items() if k != "train_seconds"} for row in history]
+    assert plain(alone.history) == plain(without.history)
+
+
+def test_replacing_one_image_of_the_victims_data_makes_the_victim_and_its_surrogates_stale(tiny_profile, tiny_data):
+    from PIL import Image
+
+    from kx_utils.attack import surrogate_settings
+    from kx_utils.data import forget_remembered
+    from kx_utils.victims import victim_settings
+    before_victim, before_surrogate = victim_settings(tiny_profile, "cifar10"), surrogate_settings(tiny_profile, "cifar10")
+    target = sorted((tiny_data / "cifar10" / "test" / "class_00").iterdir())[0]
+    original = target.read_bytes()
+    try:
+        Image.new("RGB", (16, 16), (0, 0, 255)).save(target)  # same name, other pixels
+        forget_remembered()
+        assert victim_settings(tiny_profile, "cifar10") != before_victim
+        assert surrogate_settings(tiny_profile, "cifar10") != before_surrogate
+    finally:
+        target.write_bytes(original)
+        forget_remembered()
+    # the content, not the file's time or place: the same bytes give the same key again
+    assert victim_settings(tiny_profile, "cifar10") == before_victim
+
+
+def test_a_pool_of_every_split_keeps_same_named_images_of_two_splits_apart(tiny_profile, store):
+    everything = attacker_pool(tiny_profile, split="all", size=16, store=store)
+    assert len(set(everything.files)) == len(everything)  # tiny_imagenet's train and val share file names
+    assert {f.split("/")[0] for f in everything.files} == {"train", "val"}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from kx_utils.__main__ import main
-from kx_utils.bench import (Timing, inference_models, inference_rate, package_path, training_models,
-                            training_rate)
+from kx_utils.bench import (Timing, inference_models, inference_rate, package_path, profile_batch_sizes,
+                            swept_batches, training_models, training_rate)
 from kx_utils.bench_report import markdown
 from kx_utils.profiles import get_profile
 
@@ -179,6 +179,17 @@ def test_the_gpu_benchmark_times_the_papers_models_at_their_sizes():
     assert inference_models(paper) == [("resnet34", 224, "querying a victim"), ("resnet18", 224, "detector features"),
                                        ("resnet101", 224, "detector features"),
                                        ("resnet152", 224, "detector features")]
+
+
+def test_the_gpu_benchmark_times_every_batch_size_the_profile_trains_at():
+    paper = get_profile("paper")
+    assert profile_batch_sizes(paper) == [16, 64, 128, 256]  # Table 7 and 5.2.2's grid
+    # on a GPU the projection costs each task at its own batch size: all of them are timed
+    assert swept_batches(paper, CUDA, 64) == [16, 64, 128, 256, 512]
+    # the CPU sweep stays as it was (a 224 px ResNet34 at batch 128 is minutes on a CPU)
+    assert swept_batches(paper, CPU, 64) == [16, 64, 256]
+    smoke = get_profile("smoke", section5={**get_profile("smoke").section5.__dict__, "grid_batch_sizes": (8, 64)})
+    assert 8 in swept_batches(smoke, CUDA, 32) and 8 not in swept_batches(smoke, CPU, 32)
 
 
 # ---------------------------------------------------------------- the command

@@ -108,6 +108,19 @@ def test_balanced_weights_keep_the_operating_point_balanced():
     assert plain_tnr < tnr - 0.2  # the imbalance the balanced weights correct
 
 
+def test_a_count_of_strengths_is_sklearns_log_grid_and_the_fit_round_trips_through_the_cache(tmp_path):
+    """The paper profile's detector_cv_cs=10: ten strengths from 1e-4 to 1e4, stored as plain floats."""
+    gen = torch.Generator().manual_seed(3)
+    features = torch.cat([torch.randn(40, 2, generator=gen) + 1.5, torch.randn(40, 2, generator=gen)])
+    labels = torch.cat([torch.full((40,), D.IN_LABEL), torch.full((40,), D.OOD_LABEL)])
+    fitted = D.fit_logistic_cv(features, labels, folds=3, cs=10, seed=0)
+    assert fitted["Cs"] == pytest.approx([10.0 ** (-4 + 8 * i / 9) for i in range(10)], rel=1e-12)
+    assert fitted["C"] in fitted["Cs"] and len(fitted["cv_scores"]) == 10
+    store = ArtifactStore(tmp_path)
+    store.save("features", {"probe": "cv"}, fitted)
+    assert store.load("features", {"probe": "cv"})["Cs"] == fitted["Cs"]
+
+
 def _colour_images(n, channel, seed):
     gen = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 90, (n, 3, 8, 8), generator=gen)
@@ -226,8 +239,13 @@ def test_sets_keep_judged_queries_and_validation_samples_apart(detection_profile
     queries = D.unseen_imagenet_queries(detection_profile, "cifar10", 20)
     unseen_images = pool.images[unseen]
     assert all((unseen_images == q).all((1, 2, 3)).any() for q in queries)
-    with pytest.raises(ValueError, match="unseen"):
-        D.unseen_imagenet_queries(detection_profile, "cifar10", 61)
+    # more asked than there are: all 60 unseen ones, each once (the paper's 97,280 Bing queries against its
+    # 10,000 unseen ImageNet test images)
+    every = D.unseen_imagenet_queries(detection_profile, "cifar10", 500)
+    assert len(every) == 60 and len(torch.unique(every.flatten(1), dim=0)) == len(torch.unique(unseen_images.flatten(1), dim=0))
+    with pytest.raises(ValueError, match="no ImageNet pool image is unseen.*lower detector_ood_share"):
+        D.unseen_imagenet_queries(detection_profile.replace(detector_ood_share=1.0, attacker_pool_split="train"),
+                                  "cifar10", 5)
     # the published protocol's validation samples are not among the images the tables measure
     for sample, measured in ((data.validation["in"], data.in_test), (data.validation["imagenet"], data.ood_test),
                              (data.validation["openimages"], data.openimages_test)):

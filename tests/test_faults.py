@@ -39,7 +39,7 @@ def test_an_empty_class_folder_is_an_error_naming_it(tiny_data, store, fault_led
     (tiny_data / "cifar10" / "train" / "class_09").mkdir()
     with pytest.raises(DataLayoutError, match=r"class folder .*cifar10/train/class_09 holds no images: .*"
                                               r"add its images or remove the folder"):
-        load_split("cifar10", "train", standins=True, root=tiny_data, store=store)
+        load_split("cifar10", "train", standins=True, size=16, root=tiny_data, store=store)
     fault_ledger("bad input: empty class folder", 1, 1, 0)
 
 
@@ -48,9 +48,9 @@ def test_a_non_image_file_is_an_error_naming_it(tiny_data, store, fault_ledger):
     (tiny_data / "cifar10" / "train" / "class_01" / ".DS_Store").write_bytes(b"\0")  # hidden: skipped
     with pytest.raises(DataLayoutError, match=r"class_01/notes.txt is not an image \(kx reads .jpg, .*\): "
                                               r"move it out .* or delete it"):
-        load_split("cifar10", "train", standins=True, root=tiny_data, store=store)
+        load_split("cifar10", "train", standins=True, size=16, root=tiny_data, store=store)
     (tiny_data / "cifar10" / "train" / "class_01" / "notes.txt").unlink()
-    assert len(load_split("cifar10", "train", standins=True, root=tiny_data, store=store)) == 96
+    assert len(load_split("cifar10", "train", standins=True, size=16, root=tiny_data, store=store)) == 96
     fault_ledger("bad input: non-image file", 1, 1, 0)
 
 
@@ -81,23 +81,23 @@ def test_every_image_mode_is_converted_to_8_bit_rgb_or_named(tiny_data, store, f
     palette.info["transparency"] = 0
     palette.save(folder / "palette.png", transparency=0)
     Image.new("LA", (16, 16), (70, 0)).save(folder / "grey_alpha.png")  # fully transparent: alpha dropped
-    s = load_split("cifar10", "test", standins=True, root=tiny_data, store=store)
+    s = load_split("cifar10", "test", standins=True, size=16, root=tiny_data, store=store)
     pixel = {Path(f).name: s.images[i, :, 0, 0].tolist() for i, f in enumerate(s.files) if "class_00" in f}
     assert pixel == {"cmyk.tif": [200, 43, 122], "grey.png": [90, 90, 90], "grey16.png": [200, 200, 200],
                      "grey_alpha.png": [70, 70, 70], "palette.png": [10, 20, 30], "rgb16.png": [200, 3, 255]}
 
     Image.new("F", (16, 16), 0.25).save(folder / "float.tif")  # no defined 8-bit equivalent: named
     with pytest.raises(CorruptImageError, match=r"float.tif has pixel mode 'F', .*save it as 8-bit RGB"):
-        load_split("cifar10", "test", standins=True, root=tiny_data, store=store)
+        load_split("cifar10", "test", standins=True, size=16, root=tiny_data, store=store)
     fault_ledger("bad input: grey / CMYK / 16-bit / palette / LA images (converted), float image (named)",
                  7, 7, 0)
 
 
 def test_a_missing_split_names_the_folder_and_the_valid_splits(tiny_data, store, fault_ledger):
     with pytest.raises(DatasetNotFoundError, match=r"dataset folder .*cifar10/pool not found: .*point KX_DATA"):
-        load_split("cifar10", "pool", standins=True, root=tiny_data, store=store)
+        load_split("cifar10", "pool", standins=True, size=16, root=tiny_data, store=store)
     with pytest.raises(KeyError, match=r"dataset 'cifar10' has no split 'val'; its splits: train, test, pool"):
-        load_split("cifar10", "val", standins=True, root=tiny_data, store=store)
+        load_split("cifar10", "val", standins=True, size=16, root=tiny_data, store=store)
     fault_ledger("bad input: missing split", 2, 2, 0)
 
 
@@ -105,12 +105,12 @@ def test_kx_data_unset_or_a_file_is_an_error_saying_how_to_set_it(tmp_path, monk
                                                                   fault_ledger):
     monkeypatch.delenv("KX_DATA", raising=False)
     with pytest.raises(DatasetNotFoundError, match=r"no data folder: set KX_DATA to the folder"):
-        load_split("cifar10", "train", standins=True, store=store)
+        load_split("cifar10", "train", standins=True, size=16, store=store)
     a_file = tmp_path / "datasets.tar"
     a_file.write_bytes(b"not a folder")
     monkeypatch.setenv("KX_DATA", str(a_file))
     with pytest.raises(DatasetNotFoundError, match=r"KX_DATA=.*datasets.tar is not a folder; point it at"):
-        load_split("cifar10", "train", standins=True, store=store)
+        load_split("cifar10", "train", standins=True, size=16, store=store)
     monkeypatch.setenv("KX_RUNS", str(tmp_path / "runs"))
     assert cli.main(["reproduce", "--profile", "smoke"]) == 1  # checked before anything runs
     assert "datasets.tar is not a folder" in capsys.readouterr().err and not (tmp_path / "runs").exists()
@@ -324,10 +324,12 @@ def test_kills_at_deterministic_moments_of_training_lose_nothing(tiny_data, tmp_
     profile = get_profile("smoke", **overrides, cache_root=str(tmp_path / "uninterrupted"))
     reference = _victim_fingerprint(get_victim(profile, "cifar10_9l"))
     monkeypatch.undo()
-    # decoded train, decoded test, three epoch checkpoints, the victim
-    assert [w.split("/")[0] for w in writes] == ["decoded", "decoded", "victim", "victim", "victim", "victim"]
+    # the train and test splits' content digests (the victim's key), decoded train, decoded test,
+    # three epoch checkpoints, the victim
+    assert [w.split("/")[0] for w in writes] == ["split_content", "split_content", "decoded", "decoded",
+                                                 "victim", "victim", "victim", "victim"]
 
-    trials = [(1, "mid-write"), (4, "mid-write"), (4, "before-rename"), (6, "mid-write")]
+    trials = [(1, "mid-write"), (3, "mid-write"), (6, "mid-write"), (6, "before-rename"), (8, "mid-write")]
     survived = lost = 0
     for n, moment in trials:
         cache = tmp_path / f"killed_{n}_{moment}"

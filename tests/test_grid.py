@@ -177,3 +177,14 @@ def test_ray_reports_a_failed_task_and_runs_the_rest(tmp_path, monkeypatch):
         f"t{i}": "done" for i in range(4)}}
     assert sorted(p.name for p in out.iterdir()) == [f"t{i}" for i in range(4)]
     assert "this task cannot work: {'seed': 3}" in report.text()
+
+
+def test_a_failed_task_holds_back_the_notebooks_that_need_it_and_what_waits_on_it():
+    from kx_utils.grid import Task, notebooks_needing
+    tasks = [Task("victim/caltech", "01_victims", "m:f"), Task("surrogate/x", "02_knockoff", "m:f", after=("victim/caltech",)),
+             Task("detection/t4", "03_detection", "m:f", after=("victim/caltech",), also_for=("06_in_distribution",)),
+             Task("surrogate/y", "05_hyperparameters", "m:f")]
+    assert notebooks_needing(tasks, ["detection/t4"]) == ["03_detection", "06_in_distribution"]
+    assert notebooks_needing(tasks, ["victim/caltech"]) == ["01_victims", "02_knockoff", "03_detection",
+                                                            "06_in_distribution"]
+    assert notebooks_needing(tasks, []) == []

@@ -13,6 +13,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -130,13 +131,36 @@ class Arbitrary:
     pass
 
 
-def test_verified_bytes_that_weights_only_refuses_are_an_error_not_a_recompute(store):
+def test_verified_bytes_that_weights_only_refuses_are_an_error_not_a_recompute(store, monkeypatch):
     path = store.path(PROBE, {"k": 1})
-    atomic_save({"obj": Arbitrary()}, path)  # a valid checksum over a pickled class
+    with monkeypatch.context() as m:  # as code from before the writer's check stored it
+        m.setattr(integrity, "not_plain", lambda obj: None)
+        atomic_save({"obj": Arbitrary()}, path)  # a valid checksum over a pickled class
     with pytest.raises(CorruptArtifactError, match=r"weights_only=True \(WeightsUnpickler error: "
                        r"Unsupported global: .*Arbitrary.*fix that code"):
         store.load(PROBE, {"k": 1})
     assert path.is_file()  # not a damaged file: left for the author to see
+
+
+@pytest.mark.parametrize("value, where", [
+    ({"Cs": list(np.logspace(-4, 4, 3))}, r"\['Cs'\]\[0\] is numpy.float64"),  # what detect/binary.py stored
+    ({"n": np.int64(3)}, r"\['n'\] is numpy.int64"),
+    ({"rows": [{"obj": Arbitrary()}]}, r"\['rows'\]\[0\]\['obj'\] is .*Arbitrary"),
+    ({np.str_("k"): 1}, r"a key of the artifact is numpy.str_"),
+])
+def test_the_writer_refuses_what_weights_only_would_refuse_and_writes_nothing(store, value, where):
+    with pytest.raises(TypeError, match=where + ".*weights_only=True.*convert it"):
+        store.save(PROBE, {"k": 2}, value)
+    assert not store.path(PROBE, {"k": 2}).exists()
+    assert not [p for p in store.path(PROBE, {"k": 2}).parent.iterdir() if p.suffix == ".tmp"]
+
+
+def test_plain_values_round_trip_through_the_store(store):
+    value = {"Cs": [float(c) for c in np.logspace(-4, 4, 3)], "t": torch.ones(2), "shape": torch.Size([2]),
+             "dtype": torch.uint8, "nested": ({"a": None, "b": True}, [1, "x"])}
+    store.save(PROBE, {"k": 3}, value)
+    loaded = store.load(PROBE, {"k": 3})
+    assert loaded["Cs"] == value["Cs"] and loaded["dtype"] is torch.uint8 and loaded["nested"] == value["nested"]
 
 
 def test_a_file_copied_to_another_cache_keeps_its_identity(tmp_path):

@@ -493,3 +493,13 @@ def test_a_grid_that_fails_or_is_interrupted_is_recorded_as_a_command_of_its_own
     invocations = load_state("smoke")["invocations"]
     assert [i["status"] for i in invocations] == ["failed", "interrupted"]
     assert all(i["ran"] == [] and i["cache_files_at_start"] == 0 and "grid" in i for i in invocations)
+
+
+def test_the_paper_plan_states_the_memory_of_each_decoded_set():
+    from kx_utils.memory import memory_lines, split_sizes
+    from kx_utils.profiles import get_profile
+    sizes = split_sizes(get_profile("paper"))
+    assert sizes["imagenet_subset/train"] == (90_000, 90_000 * 3 * 224 * 224)  # 13.5 GB
+    text = "\n".join(memory_lines(get_profile("paper")))
+    # the pool (100,000 images) and as large a transfer set: 2 x 15.05 GB; Diabetic5's 85,108 at 256 px uncropped
+    assert "transfer set: 30.1 GB" in text and "85,108 images at 256 px" in text and "16.7 GB" in text

@@ -131,3 +131,42 @@ def test_fit_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="targets"):
         fit(Tiny(), torch.zeros(3, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.long),
             Recipe(epochs=1, batch_size=2), progress=False)
+
+
+def test_resized_crop_boxes_follow_torchvisions_random_resized_crop():
+    from kx_utils.train import RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, resized_crop_boxes
+    boxes = resized_crop_boxes(4000, 256, 256, torch.Generator().manual_seed(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 256).all() and (boxes[:, 3] <= 256).all()
+    share = w * h / 256 ** 2
+    assert share.min() >= RESIZED_CROP_SCALE[0] * 0.95 and share.max() <= 1.0
+    fitted = share < 1.0  # the whole image is the fallback, where no try fits
+    ratio = (w / h)[fitted]
+    assert ratio.min() >= RESIZED_CROP_RATIO[0] * 0.9 and ratio.max() <= RESIZED_CROP_RATIO[1] * 1.1
+    assert 0.45 < share.mean() < 0.6  # U(0.08, 1) of the area, less what does not fit: about a half
+    assert torch.equal(boxes, resized_crop_boxes(4000, 256, 256, torch.Generator().manual_seed(0)))
+
+
+def test_a_resized_crop_to_the_input_size_samples_inside_its_box():
+    from kx_utils.train import augment_batch
+    x = torch.zeros(64, 1, 32, 32)
+    x[:, :, :, 16:] = 1.0  # left half 0, right half 1
+    out = augment_batch(x, "resized_crop", torch.Generator().manual_seed(1), out_size=28)
+    assert out.shape == (64, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
+    # crops land on either side of the edge: some all dark, some all bright, some both
+    means = out.mean((1, 2, 3))
+    assert (means < 0.01).any() and (means > 0.99).any() and ((means > 0.2) & (means < 0.8)).any()
+    flipped = augment_batch(x, "resized_crop_flip", torch.Generator().manual_seed(1), out_size=28)
+    assert not torch.equal(flipped, out)  # same boxes, some flipped
+
+
+def test_the_paper_profile_sees_centre_crops_of_a_larger_decode_as_the_knockoff_code():
+    from kx_utils.profiles import get_profile
+    from kx_utils.imagefolder import centre_crop
+    from kx_utils.victims import stored_side, victim_recipe
+    paper, mini = get_profile("paper"), get_profile("mini")
+    assert stored_side(paper, 224) == 256 and stored_side(mini, 48) == 48
+    assert victim_recipe(paper, "caltech").augment == "resized_crop_flip"
+    assert victim_recipe(paper, "gtsrb").augment == "resized_crop"  # no flips of traffic signs
+    grid = torch.arange(16).view(1, 1, 4, 4)
+    assert centre_crop(grid, 2).flatten().tolist() == [5, 6, 9, 10]

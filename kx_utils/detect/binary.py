@@ -174,7 +174,8 @@ def fit_logistic_cv(features: torch.Tensor, labels: torch.Tensor, folds: int, cs
     if smallest < folds:
         raise ValueError(f"{folds}-fold cross-validation needs at least {folds} images of each label; the "
                          f"smaller label has {smallest}. Lower cv_folds or give more images")
-    cs = [float(c) for c in cs] if not isinstance(cs, int) else list(np.logspace(-4, 4, cs))
+    # sklearn's Cs as a count: that many strengths spaced evenly on a log scale from 1e-4 to 1e4
+    cs = [float(c) for c in (np.logspace(-4, 4, cs) if isinstance(cs, int) else cs)]
     pipeline = Pipeline([("scale", StandardScaler()),
                          ("logistic", LogisticRegression(solver="lbfgs", class_weight="balanced", tol=tol,
                                                          max_iter=max_iter))])

@@ -27,7 +27,7 @@ from ..artifacts import ArtifactStore, artifact_kind, settings_key
 from ..attack import answer_transfer_set
 from ..data import dataset_info
 from ..devices import evaluation_batch_size
-from ..models import SHORT_NAMES, resolve_weights
+from ..models import SHORT_NAMES, weights_identity
 from ..profiles import Profile
 from ..train import pick_device
 from ..victims import Victim, get_victim, victim_spec
@@ -81,7 +81,7 @@ def backbone_features(profile: Profile, arch: str, images: torch.Tensor, store: 
     store = store or ArtifactStore(profile.cache_root)
     device = pick_device(profile.device)
     backbone = frozen_backbone(arch).to(device)
-    producer = {"backbone": arch, "weights": resolve_weights(arch).name}
+    producer = {"backbone": arch, "weights": weights_identity(arch)}
     feats, from_cache = cached_outputs(store, FEATURES, producer, backbone.features, images,
                                        evaluation_batch_size(profile), device)
     return (feats, from_cache) if with_source else feats
@@ -116,7 +116,7 @@ def cv_detector(profile: Profile, victim_key: str, arch: str, starred: bool = Tr
     """A frozen pretrained ``arch`` + balanced, cross-validated logistic regression; fitted once, cached."""
     store = store or ArtifactStore(profile.cache_root)
     data = data or detection_data(profile, victim_key, store)
-    settings = {"kind": "cv", "data": data.settings, "arch": arch, "weights": resolve_weights(arch).name,
+    settings = {"kind": "cv", "data": data.settings, "arch": arch, "weights": weights_identity(arch),
                 "starred": starred, "overlap": data.overlap if starred else [], "folds": profile.cv_folds,
                 "cs": profile.detector_cv_cs, "tol": profile.detector_cv_tol, "seed": profile.seed,
                 "scoring": "balanced_accuracy", "class_weight": "balanced", "scaler": "inside the CV"}
@@ -499,7 +499,12 @@ def filter_report(profile: Profile, victim_key: str, detector=None, store: Artif
 def unseen_imagenet_queries(profile: Profile, victim_key: str, n: int, store: ArtifactStore | None = None
                             ) -> torch.Tensor:
     """The first ``n`` queries of the profile's Knockoff transfer set (same seed and order) that no
-    detector of ``victim_key`` trained or was tuned on."""
+    detector of ``victim_key`` trained or was tuned on -- or all of them where fewer are unseen.
+
+    The paper's defender trains on all 90,000 ImageNet train images (``detector_ood_share=1.0``), which
+    leaves the 10,000 test images unseen: fewer than the 97,280 Bing queries of 5.2.2.  The caller
+    compares on the images there are and reports their number (``len`` of the result).
+    """
     from ..attack import sample_transfer_set
     store = store or ArtifactStore(profile.cache_root)
     data = detection_data(profile, victim_key, store)
@@ -507,9 +512,9 @@ def unseen_imagenet_queries(profile: Profile, victim_key: str, n: int, store: Ar
     order = sample_transfer_set(len(pool_images), len(pool_images), profile.seed)
     unseen = unseen_mask(data, [pool_images.files[i] for i in order.tolist()])
     chosen = order[unseen][:n]
-    if len(chosen) < n:
-        raise ValueError(f"only {len(chosen)} ImageNet pool images are unseen by the detector, {n} asked: "
-                         "lower the count or detector_ood_share")
+    if len(chosen) == 0:
+        raise ValueError(f"no ImageNet pool image is unseen by the detector of {victim_key} (detector_ood_share="
+                         f"{profile.detector_ood_share}): lower detector_ood_share, or give the pool a test split")
     return pool_images.images[chosen]
 
 

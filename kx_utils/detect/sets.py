@@ -27,7 +27,7 @@ from ..attack import attacker_pool
 from ..data import ImageSet, class_folders, dataset_info
 from ..overlap import overlapping_class_indices
 from ..profiles import Profile
-from ..victims import load_dataset_split, victim_data, victim_spec
+from ..victims import data_content, load_dataset_split, victim_data, victim_spec
 
 
 def seeded_order(n: int, seed: int) -> torch.Tensor:
@@ -161,10 +161,15 @@ def detection_data(profile: Profile, victim_key: str, store: ArtifactStore | Non
         raise ValueError(f"{spec.dataset}: {len(folders)} class folders but {in_train.num_classes} classes loaded")
     overlap = overlapping_class_indices(dataset_folder(profile, spec.dataset), folders)
     settings = {"victim": victim_key, "dataset": spec.dataset, "standins": profile.standins, "size": size,
+                "center_crop": profile.center_crop,
                 "train_per_class": profile.train_per_class, "test_per_class": profile.test_per_class,
                 "ood_train": profile.detector_ood_train, "ood_share": profile.detector_ood_share,
                 "tuning": profile.baseline_tuning_size, "validation": profile.published_validation_fraction,
-                "seed": profile.seed, "overlap": overlap}
+                "seed": profile.seed, "overlap": overlap,
+                # what every set is drawn from: replacing an image makes the detectors stale
+                "content": {spec.dataset: data_content(profile, spec.dataset, ("train", "test")),
+                            "imagenet": data_content(profile, "imagenet", ("train", "test")),
+                            "openimages": data_content(profile, "openimages", ("test",))}}
     return DetectionData(victim_key, size, in_train, in_test, ood["ood_train"], ood["ood_tune"], ood["ood_test"],
                          ood["openimages_test"],
                          {"in": in_val, "imagenet": ood["imagenet_val"], "openimages": ood["openimages_val"]},

@@ -162,16 +162,22 @@ def build_standin(recipe: StandinRecipe, table: SubsetTable, archive_paths: dict
                   "counts": counts}
         atomic_write_text(building / MARKER, json.dumps(marker, indent=1, sort_keys=True))
         os.chmod(building, 0o755)  # mkdtemp makes it private
-        if final.exists():
-            if not replace:
-                raise FetchError(f"{final} appeared while it was being built; nothing was changed")
-            old = Path(tempfile.mkdtemp(dir=dest, prefix=f"{BUILDING_PREFIX}{recipe.folder}-old-"))
-            os.replace(final, old / recipe.folder)
-            os.replace(building, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(building, final)
+        if final.exists() and not replace:
+            raise FetchError(f"{final} appeared while it was being built; nothing was changed")
+        swap_into_place(building, final)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
     return final
+
+
+def swap_into_place(building: Path, final: Path) -> None:
+    """Rename the complete folder ``building`` to ``final``; an old ``final`` is first renamed aside (under a
+    name the next build deletes, should this one be killed), then deleted."""
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{BUILDING_PREFIX}{final.name}-old-"))
+        os.replace(final, old / final.name)
+        os.replace(building, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(building, final)

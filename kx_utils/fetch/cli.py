@@ -4,6 +4,11 @@
     python -m kx_utils data fetch --profile mini --mirror DIR_OR_URL --pins SHA256SUMS
     python -m kx_utils data status --profile mini
     python -m kx_utils data fetch --profile paper                # what torchvision can, and a by-hand list
+    python -m kx_utils data status --profile paper               # every split: present? counts vs the paper's
+    python -m kx_utils data build cubs200 --from CUB_200_2011.tgz                # kx_utils/fetch/paper.py
+    python -m kx_utils data build imagenet_subset --from ILSVRC_TRAIN_DIR --seed 0
+    python -m kx_utils data build openimages --list test-images-with-rotation.csv --seed 0
+    python -m kx_utils data build diabetic5 --from KAGGLE_DIR
 
 Exit status: 0 everything the profile needs is there (optional data aside), 1 something is missing,
 damaged or failed to download (each named, with the fix).
@@ -47,17 +52,55 @@ def add_parser(sub) -> None:
                                      "has for every later run (trust on first use)")
             action.add_argument("--rebuild", action="store_true",
                                 help="rebuild stand-ins that were fetched before (never a folder placed by hand)")
+    _add_build_parser(actions)
+
+
+BUILDABLE = ("cubs200", "imagenet_subset", "openimages", "diabetic5", "bing")
+
+
+def _add_build_parser(actions) -> None:
+    text = "build a paper dataset from files you downloaded (CUB, ImageNet, Open Images' list, Kaggle DR)"
+    build = actions.add_parser("build", help=text, description=text + ". Each build is written beside its folder "
+                               "and renamed into place only when complete (kx_utils/fetch/paper.py).")
+    build.add_argument("dataset", choices=BUILDABLE, help="the dataset folder to build (bing: prints the manual steps)")
+    build.add_argument("--from", dest="source", metavar="PATH", default=None,
+                       help="cubs200: CUB_200_2011.tgz or its extracted folder; imagenet_subset: the ILSVRC-2012 "
+                            "training folder (<wnid>/*.JPEG); diabetic5: the folder with trainLabels.csv and train/")
+    build.add_argument("--list", dest="image_list", metavar="CSV", default=None,
+                       help="openimages: the image list (ImageID and URL columns), e.g. test-images-with-rotation.csv")
+    build.add_argument("--dest", metavar="DIR", default=None,
+                       help="the data folder (default: $KX_DATA, else data/ in the repository)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the draw or split (default 0)")
+    build.add_argument("--rebuild", action="store_true",
+                       help="replace a folder built before by `data build` (never one placed by hand)")
+    build.add_argument("--files", choices=("copy", "hardlink"), default="copy",
+                       help="imagenet_subset: copy the images (default) or hard-link them (same filesystem only; "
+                            "no fallback to copying)")
+    build.add_argument("--count", type=int, default=None, help="openimages: images to keep (default 20,000)")
+    build.add_argument("--url-column", default="OriginalURL", help="openimages: the list's URL column")
+    build.add_argument("--url-template", default=None,
+                       help="openimages: build each URL from the ImageID instead, e.g. "
+                            "'https://open-images-dataset.s3.amazonaws.com/test/{ImageID}.jpg'")
+    build.add_argument("--subset", default="test", help="openimages: the Subset to keep where the list has that column")
+    build.add_argument("--size", type=int, default=None,
+                       help="openimages: shorter side in px (default 256; 0 keeps it); diabetic5: side (default 256)")
+    build.add_argument("--workers", type=int, default=None,
+                       help="parallel downloads (openimages, default 16) or processes (diabetic5, default: the cores)")
+    build.add_argument("--split", choices=("image", "patient"), default="image",
+                       help="diabetic5: split the augmented images 80/20 (default, the paper's counts) or the patients")
+    build.add_argument("--crop", choices=("fundus", "eyenet"), default="fundus",
+                       help="diabetic5: square around the detected fundus (default) or EyeNet's central 1,800 px")
 
 
 def _status(args) -> int:
+    from .paper_status import status
+
     dest = default_dest() if args.dest is None else Path(args.dest).expanduser().resolve()
+    text, complete = status(dest, standins=args.profile != "paper")
     if args.profile == "paper":
-        missing = [info for info in DATASETS.values() if not (dest / info.folder).is_dir()]
-        for info in DATASETS.values():
-            print(f"{'MISSING' if info in missing else 'ok':8s} {info.folder} ({info.paper_name})"
-                  + (f": {info.how_to_get}" if info in missing else ""))
-        return EXIT_FAILED if missing else EXIT_OK
-    failed = False
+        print(text)
+        return EXIT_OK if complete else EXIT_FAILED
+    failed = not complete
     for state in standin_states(dest, args.subset_tables).values():
         failed |= not state.usable
         print(f"{state.state.upper():9s} {state.path}" + (f": {state.detail}" if state.detail else "")
@@ -67,6 +110,7 @@ def _status(args) -> int:
             there = (dest / info.standin).is_dir()
             print(f"{'PROVIDED' if there else 'OPTIONAL':9s} {dest / info.standin}"
                   + ("" if there else f": not present; {info.standin_optional}"))
+    print("\n" + text)
     print("\nSources:\n" + "\n".join(f"  {line}" for line in describe_sources()))
     if failed:
         print(f"\n`python -m kx_utils data fetch --profile {args.profile}` builds what is missing "
@@ -92,5 +136,44 @@ def _fetch(args) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
+def _build(args) -> int:
+    from .diabetic import build_diabetic5
+    from .openimages import DEFAULT_COUNT, DEFAULT_SIZE, DEFAULT_WORKERS, build_openimages
+    from .paper import BING_BY_HAND, build_cubs200, build_imagenet_subset
+
+    dest = default_dest() if args.dest is None else Path(args.dest).expanduser().resolve()
+    name = args.dataset
+    if name == "bing":
+        print(f"error: {BING_BY_HAND}", file=sys.stderr)
+        return EXIT_FAILED
+    wanted = ("--list", args.image_list, "the Open Images image list, e.g. test-images-with-rotation.csv") \
+        if name == "openimages" else ("--from", args.source, {
+            "cubs200": "CUB_200_2011.tgz or the folder extracted from it",
+            "imagenet_subset": "the ILSVRC-2012 training folder (<wnid>/*.JPEG)",
+            "diabetic5": "the folder holding Kaggle's trainLabels.csv and train/"}[name])
+    if wanted[1] is None:
+        print(f"error: `data build {name}` needs {wanted[0]} PATH: {wanted[2]}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        if name == "cubs200":
+            built = build_cubs200(args.source, dest, replace=args.rebuild)
+        elif name == "imagenet_subset":
+            built = build_imagenet_subset(args.source, dest, seed=args.seed, files=args.files, replace=args.rebuild)
+        elif name == "openimages":
+            built = build_openimages(args.image_list, dest, seed=args.seed, count=args.count or DEFAULT_COUNT,
+                                     url_column=args.url_column, url_template=args.url_template,
+                                     subset=args.subset or None,
+                                     size=DEFAULT_SIZE if args.size is None else args.size,
+                                     workers=args.workers or DEFAULT_WORKERS, replace=args.rebuild)
+        else:
+            built = build_diabetic5(args.source, dest, seed=args.seed, split=args.split, crop=args.crop,
+                                    size=args.size or 256, workers=args.workers, replace=args.rebuild)
+    except FetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"data build {name}: {built} is complete (`python -m kx_utils data status --profile paper` checks it)")
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
-    return _fetch(args) if args.data_command == "fetch" else _status(args)
+    return {"fetch": _fetch, "status": _status, "build": _build}[args.data_command](args)

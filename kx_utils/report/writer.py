@@ -24,7 +24,9 @@ from .tables import build_tables, frame_to_csv, frame_to_markdown
 
 
 def default_output(profile_name: str) -> Path:
-    return REPO_ROOT / "figures" / profile_name
+    """``figures/<profile>/`` of the repository, or ``$KX_FIGURES/<profile>/`` (a dry run's, a scratch run's)."""
+    base = os.environ.get("KX_FIGURES")
+    return (Path(base).expanduser().resolve() if base else REPO_ROOT / "figures") / profile_name
 
 
 def _default_output(profile_name: str) -> Path:
