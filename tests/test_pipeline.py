@@ -503,3 +503,26 @@ def test_the_paper_plan_states_the_memory_of_each_decoded_set():
     text = "\n".join(memory_lines(get_profile("paper")))
     # the pool (100,000 images) and as large a transfer set: 2 x 15.05 GB; Diabetic5's 85,108 at 256 px uncropped
     assert "transfer set: 30.1 GB" in text and "85,108 images at 256 px" in text and "16.7 GB" in text
+
+
+def test_cli_reproduce_grid_runs_the_notebooks_no_failed_task_blocks_then_reports(notebooks, runs, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """A grid whose Table 4 task failed: 01, 02, 04 and 05 still run and are reported; 03 and 06 wait."""
+    monkeypatch.setattr(pl, "NOTEBOOK_DIR", notebooks)
+    monkeypatch.setattr(pl, "plan", lambda profile: pl.Plan(profile.name))
+    monkeypatch.setattr(rp, "default_output", lambda profile: tmp_path / "figures" / profile)
+    fake = FakeExecute()
+    monkeypatch.setattr(pl, "papermill_execute", fake)
+
+    def failing_grid(profile_name, overrides, args, only=None, held_back=None):
+        held_back += ["03_detection", "06_in_distribution"]  # what grid.notebooks_needing names for it
+        return False
+
+    monkeypatch.setattr(cli, "_run_grid", failing_grid)
+    monkeypatch.setenv("KX_NO_TRAINING", "")  # main() forbids training for the notebooks; undone after the test
+    assert cli.main(["reproduce", "--profile", "smoke", "--grid"]) == 1  # a failed grid is a failed command
+    err = capsys.readouterr().err
+    assert "not run, since they need a failed task: 03_detection, 06_in_distribution" in err
+    assert fake.calls == ["01_victims", "02_knockoff", "04_architecture_and_output", "05_hyperparameters"]
+    report = (tmp_path / "figures" / "smoke" / "report.md").read_text()
+    assert "Results present: 4 of 6 notebooks" in report
