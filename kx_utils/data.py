@@ -88,17 +88,20 @@ DATASETS: dict[str, DatasetInfo] = {d.key: d for d in [
         folder="cubs200", splits={"train": "train", "test": "test"},
         standin="cub200_subset", standin_splits={"train": "train", "test": "test"},
         standin_note="100 of CUB-200-2011's 200 species, 64 px",
-        how_to_get="download CUB-200-2011 (https://www.vision.caltech.edu/datasets/cub_200_2011/) and "
-                   "arrange train_test_split.txt's two splits as cubs200/{train,test}/<class>/<image>"),
+        how_to_get="download CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/), then "
+                   "`python -m kx_utils data build cubs200 --from CUB_200_2011.tgz` splits it by "
+                   "train_test_split.txt into cubs200/{train,test}/<class>/<image>"),
     DatasetInfo(
         key="diabetic5", paper_name="Diabetic5", role="victim",
         paper_classes=5, paper_train=85_108, paper_test=21_278, paper_size="224x224",
         folder="diabetic5", splits={"train": "train", "test": "test"},
         standin="diabetic_retinopathy", standin_splits={"train": "train", "test": "test"},
         standin_note="6,742 Kaggle DR 2015 images (patient-disjoint split), 64 px, no EyeNet preprocessing",
-        how_to_get="accept the Kaggle competition rules and download "
-                   "https://www.kaggle.com/c/diabetic-retinopathy-detection/data, preprocess as in "
-                   "https://github.com/gregwchase/dsi-capstone, and arrange diabetic5/{train,test}/<grade>/<image>",
+        how_to_get="accept the Kaggle competition rules, download "
+                   "https://www.kaggle.com/c/diabetic-retinopathy-detection/data (trainLabels.csv and train.zip.*) "
+                   "and extract it, then `python -m kx_utils data build diabetic5 --from KAGGLE_DIR` applies "
+                   "EyeNet's preprocessing (https://github.com/gregwchase/dsi-capstone) into "
+                   "diabetic5/{train,test}/<grade>/<image>",
         standin_optional="the Kaggle diabetic-retinopathy data needs a Kaggle account, so `kx_utils data fetch` "
                          "cannot download it: accept the competition rules at "
                          "https://www.kaggle.com/c/diabetic-retinopathy-detection/data, download train.zip.* and "
@@ -129,17 +132,19 @@ DATASETS: dict[str, DatasetInfo] = {d.key: d for d in [
         folder="imagenet_subset", splits={"train": "train", "test": "test"},
         standin="tiny_imagenet", standin_splits={"train": "train", "test": "val"},
         standin_note="Tiny-ImageNet: 200 ImageNet classes, 60 + 10 images per class, 64 px",
-        how_to_get="ImageNet needs a registered download (https://image-net.org/download.php); sample "
-                   "100 training images per class and arrange 90 of them as imagenet_subset/train/<wnid>/ "
-                   "and 10 as imagenet_subset/test/<wnid>/"),
+        how_to_get="ImageNet needs a registered download (https://image-net.org/download.php); then "
+                   "`python -m kx_utils data build imagenet_subset --from ILSVRC2012_TRAIN_DIR --seed 0` samples "
+                   "100 training images per class, 90 into imagenet_subset/train/<wnid>/ and 10 into "
+                   "imagenet_subset/test/<wnid>/"),
     DatasetInfo(
         key="openimages", paper_name="OpenImages", role="ood",
         paper_classes=None, paper_train=None, paper_test=20_000, paper_size="224x224",
         folder="openimages", splits={"test": "test"},
         standin="ood_web", standin_splits={"test": "test"},
         standin_note="Caltech-101's BACKGROUND_Google: 467 random web images, 64 px",
-        how_to_get="download 20,000 uniformly sampled images of Open Images "
-                   "(https://storage.googleapis.com/openimages/web/download.html) into openimages/test/all/"),
+        how_to_get="download Open Images' test image list (https://storage.googleapis.com/openimages/web/"
+                   "download.html), then `python -m kx_utils data build openimages --list LIST.csv --seed 0` "
+                   "downloads 20,000 uniformly sampled images into openimages/test/all/"),
     DatasetInfo(
         key="bing", paper_name="Bing", role="attacker",
         paper_classes=256, paper_train=256 * 380, paper_test=None, paper_size="224x224",
