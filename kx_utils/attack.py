@@ -68,8 +68,7 @@ def attacker_pool(profile: Profile, pool: str = "imagenet", split: str | None = 
     split = split or default_pool_split(profile, pool)
     size = size or profile.image_size.get(pool, max(profile.image_size.values()))
     if split == "all":
-        info = dataset_info(pool)
-        splits = tuple(info.standin_splits if profile.standins else info.splits)
+        splits = pool_splits(profile, pool, "all")
 
         def concatenated() -> ImageSet:
             parts = [load_dataset_split(profile, pool, s, size, store=store) for s in splits]
@@ -93,6 +92,7 @@ def query_settings(profile: Profile, victim: Victim, pool: str, split: str, budg
 
 
 def pool_splits(profile: Profile, pool: str, split: str) -> tuple[str, ...]:
+    """The splits a pool of ``split`` is made of: every split of the dataset for "all"."""
     info = dataset_info(pool)
     return tuple(info.standin_splits if profile.standins else info.splits) if split == "all" else (split,)
 

@@ -80,11 +80,8 @@ def victim_sizes(profile: Profile, key: str) -> tuple[int, int]:
 
 
 def _pool_splits(profile: Profile, pool: str, split: str | None) -> list[str]:
-    from .attack import default_pool_split
-    from .data import DATASETS
-    split = split or default_pool_split(profile, pool)
-    info = DATASETS[pool]
-    return list(info.standin_splits if profile.standins else info.splits) if split == "all" else [split]
+    from .attack import default_pool_split, pool_splits
+    return list(pool_splits(profile, pool, split or default_pool_split(profile, pool)))
 
 
 def pool_size(profile: Profile, pool: str, split: str | None = None) -> int:
