@@ -27,11 +27,11 @@ import os
 import sys
 from pathlib import Path
 
-from .profiles import PROFILES, ProfileError, get_profile
+from .config.profiles import PROFILES, ProfileError, get_profile
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
-from .artifact_sources import check_artifact_sources
+from .runtime.artifact_sources import check_artifact_sources
 
 
 def _profile_argument(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def _profile_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import NOTEBOOKS
+    from .orchestration.pipeline import NOTEBOOKS
 
     parser = argparse.ArgumentParser(
         prog="python -m kx_utils",
@@ -107,24 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
     bench.add_argument("--peak-tflops", type=float, default=None, metavar="TFLOPS",
                        help="the device's dense bf16 peak in TFLOP/s, for the %% of peak column (default: "
-                            "kx_utils.flops' table by GPU name; unknown GPUs and CPUs have none)")
+                            "kx_utils.core.flops' table by GPU name; unknown GPUs and CPUs have none)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile candidates")
     bench.add_argument("--no-accuracy", action="store_true", help="skip the reference surrogates")
     bench.add_argument("--accuracy-epochs", type=int, default=None,
                        help="epochs of the reference surrogates (default: the profile's surrogate epochs)")
     bench.add_argument("--out", metavar="FILE", default=None, help="also write the Markdown to FILE")
     bench.add_argument("--json", metavar="FILE", default=None,
-                       help="also write the timings as JSON to FILE (schema: kx_utils/bench_report.py)")
+                       help="also write the timings as JSON to FILE (schema: kx_utils/bench/report.py)")
 
     arts = sub.add_parser("artifacts", help="check (or --record) the versions of the artifact kinds against "
                                             "their source",
                           description="Check that every artifact kind's version was bumped when the module "
-                                      "that registers it changed (the rule in kx_utils/artifacts.py), against "
+                                      "that registers it changed (the rule in kx_utils/runtime/artifacts.py), against "
                                       "tests/artifact_sources.json; --record rewrites that file.")
     arts.add_argument("--record", action="store_true",
                       help="rewrite tests/artifact_sources.json from the current source (only for changes that "
                            "cannot alter what a kind stores; otherwise bump the kind's version first)")
-    from .fetch.cli import add_parser as add_data_parser
+    from .data.fetch.cli import add_parser as add_data_parser
     add_data_parser(sub)
     return parser
 
@@ -138,7 +138,7 @@ def _projection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _grid_arguments(parser: argparse.ArgumentParser) -> None:
-    from .executors import EXECUTORS
+    from .orchestration.executors import EXECUTORS
     parser.add_argument("--executor", choices=EXECUTORS, default="serial",
                         help="serial: one task at a time here; ray: in parallel on Ray (default: serial)")
     parser.add_argument("--workers", type=int, default=None,
@@ -153,10 +153,10 @@ def _run_grid(profile_name: str, overrides: dict, args, only=None, held_back: li
     """The grid for ``profile_name``; its report printed and saved in runs/<profile>/grid.json.
 
     ``held_back``, where given, receives the notebooks that need a task that failed or was skipped."""
-    from .artifacts import atomic_write_text
-    from .executors import make_executor, run_grid, shareable
-    from .grid import grid_tasks, missing_tasks, notebooks_needing
-    from .pipeline import run_dir, select_notebooks
+    from .orchestration.executors import make_executor, run_grid, shareable
+    from .orchestration.grid import grid_tasks, missing_tasks, notebooks_needing
+    from .orchestration.pipeline import run_dir, select_notebooks
+    from .runtime.artifacts import atomic_write_text
 
     profile = shareable(get_profile(profile_name, **overrides))
     tasks = grid_tasks(profile, tuple(select_notebooks(only)) if only else None)
@@ -164,7 +164,7 @@ def _run_grid(profile_name: str, overrides: dict, args, only=None, held_back: li
     print(f"kx grid: profile {profile.name}, {len(tasks)} tasks, {len(tasks) - len(todo)} already in the cache")
     executor = make_executor(args.executor, profile, args.workers, args.threads, args.address)
     if executor.slots > 1:  # parallel workers take the ready task heading the longest chain of work first
-        from .projection import critical_path_order, estimated_seconds
+        from .orchestration.projection import critical_path_order, estimated_seconds
         by_name = {t.name: t for t in todo}
         order = critical_path_order(estimated_seconds(profile, todo), {t.name: t.after for t in todo}, list(by_name))
         todo = [by_name[name] for name in order]
@@ -177,9 +177,9 @@ def _run_grid(profile_name: str, overrides: dict, args, only=None, held_back: li
 
 
 def _grid_list(profile_name: str, overrides: dict, only=None) -> int:
-    from .executors import shareable
-    from .grid import grid_tasks, missing_tasks
-    from .pipeline import select_notebooks
+    from .orchestration.executors import shareable
+    from .orchestration.grid import grid_tasks, missing_tasks
+    from .orchestration.pipeline import select_notebooks
 
     profile = shareable(get_profile(profile_name, **overrides))
     tasks = grid_tasks(profile, tuple(select_notebooks(only)) if only else None)
@@ -206,8 +206,8 @@ def _overrides(text: str | None) -> dict:
 
 
 def _plan(profile_name: str, overrides: dict, bench: str | None = None, gpus=(1, 8)) -> int:
-    from .pipeline import plan
-    from .projection import Throughput, load_bench, project
+    from .orchestration.pipeline import plan
+    from .orchestration.projection import Throughput, load_bench, project
 
     profile = get_profile(profile_name, **overrides)
     result = plan(profile)
@@ -243,7 +243,7 @@ def _data_present(profile_name: str, overrides: dict, partial: bool) -> bool:
 
     With ``--only`` a missing item is a warning: the chosen notebooks may not need it.
     """
-    from . import pipeline
+    from .orchestration import pipeline
 
     result = pipeline.plan(get_profile(profile_name, **overrides))
     if result.ok:
@@ -259,8 +259,8 @@ def _data_present(profile_name: str, overrides: dict, partial: bool) -> bool:
 
 
 def _report(profile_name: str, out=None) -> int:
+    from .orchestration.run_results import CorruptResultsError
     from .report import claims_text, write_report
-    from .results import CorruptResultsError
 
     try:
         outcome = write_report(profile_name, out=out)
@@ -273,10 +273,10 @@ def _report(profile_name: str, out=None) -> int:
 
 
 def _bench(args) -> int:
-    from .artifacts import atomic_write_text
-    from .bench import run_bench
-    from .bench_report import document, run_markdown
-    from .devices import CudaUnavailableError
+    from .bench.report import document, run_markdown
+    from .bench.timing import run_bench
+    from .core.devices import CudaUnavailableError
+    from .runtime.artifacts import atomic_write_text
 
     try:
         profile = get_profile(args.profile, **_overrides(args.overrides))
@@ -305,9 +305,15 @@ def _bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .artifacts import DiskFullError
-    from .pipeline import (CorruptStateError, NotebookFailed, PipelineError, RunInProgress, reproduce,
-                           select_notebooks)
+    from .orchestration.pipeline import (
+        CorruptStateError,
+        NotebookFailed,
+        PipelineError,
+        RunInProgress,
+        reproduce,
+        select_notebooks,
+    )
+    from .runtime.artifacts import DiskFullError
 
     args = build_parser().parse_args(argv)
     if args.command == "artifacts":
@@ -315,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(args)
     if args.command == "data":
-        from .fetch.cli import run as run_data
+        from .data.fetch.cli import run as run_data
         return run_data(args)
     try:
         overrides = _overrides(getattr(args, "overrides", None))
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 130
         grid = None
         if args.grid:  # its time and the cache it found go into the command's record (the report's wall time)
-            from .pipeline import grid_phase
+            from .orchestration.pipeline import grid_phase
             held_back: list[str] = []
             ok, grid = grid_phase(args.profile,
                                   lambda: _run_grid(args.profile, overrides, args, args.only, held_back),
@@ -351,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not runnable:
                     return EXIT_FAILED
                 args.only = runnable
-            from .train import NO_TRAINING_ENV
+            from .core.train import NO_TRAINING_ENV
             os.environ[NO_TRAINING_ENV] = "1"  # the notebooks load what the grid made, or say what it missed
         try:
             reproduce(args.profile, only=args.only, force=args.force, overrides=overrides, grid=grid)

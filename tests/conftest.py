@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from kx_utils import get_profile
-from kx_utils.artifacts import ArtifactStore
+from kx_utils.runtime.artifacts import ArtifactStore
 
 REPO = Path(__file__).resolve().parent.parent
 # `make test-gpu` sets KX_TEST_DEVICE=cuda: the same unit tests then run every model on the GPU
@@ -123,10 +123,10 @@ def smoke_grid(tmp_path_factory) -> SmokeGrid:
     if not os.environ.get("KX_DATA"):
         pytest.skip("KX_DATA is not set: the grid needs the stand-in datasets")
     pytest.importorskip("ray")
-    from kx_utils.executors import make_executor, run_grid, shareable
-    from kx_utils.grid import grid_tasks
-    from kx_utils.pipeline import reproduce
-    from kx_utils.train import NO_TRAINING_ENV
+    from kx_utils.core.train import NO_TRAINING_ENV
+    from kx_utils.orchestration.executors import make_executor, run_grid, shareable
+    from kx_utils.orchestration.grid import grid_tasks
+    from kx_utils.orchestration.pipeline import reproduce
 
     caches, reports = {}, {}
     # `make test` names the Ray grid's cache (KX_SMOKE_GRID_CACHE, an empty folder) so that nbval's run of
@@ -190,8 +190,8 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(autouse=True)
 def forget_decoded_sets():
-    """Every test starts without the decoded sets an earlier test's process kept (kx_utils.data.remembered)."""
-    from kx_utils.data import forget_remembered
+    """Every test starts without the decoded sets an earlier test's process kept (kx_utils.data.datasets.remembered)."""
+    from kx_utils.data.datasets import forget_remembered
     forget_remembered()
     yield
     forget_remembered()

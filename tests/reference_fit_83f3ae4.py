@@ -1,6 +1,6 @@
-"""The CPU training loop of kx_utils.train as it was before the CUDA path (commit 83f3ae4), frozen.
+"""The CPU training loop of kx_utils.core.train as it was before the CUDA path (commit 83f3ae4), frozen.
 
-tests/test_fit_device.py runs this and today's ``kx_utils.train.fit`` side by side, in one process,
+tests/test_fit_device.py runs this and today's ``kx_utils.core.train.fit`` side by side, in one process,
 and requires the same bits: that is what "the CPU path did not change when the CUDA path came"
 means on any CPU, without pinning float results recorded on another machine.  Only what the CPU
 path of that commit ran is kept (no checkpoint, no progress bar, no CUDA branch); every arithmetic
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kx_utils.models import split_frozen_prefix
+from kx_utils.core.models import split_frozen_prefix
 
 
 def _to_float(images):

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kx_utils.api import PredictionAPI, answers_to_targets, format_answers
+from kx_utils.core.api import PredictionAPI, answers_to_targets, format_answers
 
 
 class FixedLogits(nn.Module):

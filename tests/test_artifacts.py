@@ -3,8 +3,13 @@ import os
 import pytest
 import torch
 
-from kx_utils import artifacts, integrity
-from kx_utils.artifacts import ArtifactStore, artifact_kind, atomic_save, settings_key
+from kx_utils.runtime import artifacts, integrity
+from kx_utils.runtime.artifacts import (
+    ArtifactStore,
+    artifact_kind,
+    atomic_save,
+    settings_key,
+)
 
 artifact_kind("thing", 1)  # the kind these tests store
 
@@ -60,7 +65,7 @@ def test_a_kinds_version_enters_its_key_and_unknown_kinds_are_refused(tmp_path, 
     assert store.load("thing", {"k": 1}) is None
     with pytest.raises(KeyError, match="register it"):
         store.load("never_registered", {"k": 1})
-    import kx_utils.victims  # noqa: F401 - registers "victim" as its owner does
+    import kx_utils.experiments.victims  # noqa: F401 - registers "victim" as its owner does
     version = artifacts.ARTIFACT_KINDS["victim"]
     with pytest.raises(ValueError, match=f"registered twice, as version {version} and {version + 1}"):
         artifact_kind("victim", version + 1)
@@ -71,34 +76,37 @@ def test_a_kinds_version_enters_its_key_and_unknown_kinds_are_refused(tmp_path, 
 
 
 def test_each_kind_remembers_the_module_that_registers_it():
-    from kx_utils.artifact_sources import artifact_sources
+    from kx_utils.runtime.artifact_sources import artifact_sources
 
     sources = artifact_sources()  # imports the producing modules
     owners = {kind: entry["module"] for kind, entry in sources.items()}
-    assert owners == {"victim": "kx_utils.victims", "answers": "kx_utils.attack", "surrogate": "kx_utils.attack",
-                      "decoded": "kx_utils.data", "split_content": "kx_utils.data", "features": "kx_utils.detect.experiments",
-                      "detector": "kx_utils.detect.experiments",
-                      "detector_outputs": "kx_utils.detect.experiments",
-                      "ood_scores": "kx_utils.detect.experiments",
-                      "baseline_tuning": "kx_utils.detect.experiments",
-                      "filter_benign": "kx_utils.detect.experiments"}
-    assert sources["victim"]["source"] == "kx_utils/victims.py"
+    assert owners == {"victim": "kx_utils.experiments.victims", "answers": "kx_utils.experiments.attack", "surrogate": "kx_utils.experiments.attack",
+                      "decoded": "kx_utils.data.datasets", "split_content": "kx_utils.data.datasets", "features": "kx_utils.experiments.detection",
+                      "detector": "kx_utils.experiments.detection",
+                      "detector_outputs": "kx_utils.experiments.detection",
+                      "ood_scores": "kx_utils.experiments.detection",
+                      "baseline_tuning": "kx_utils.experiments.detection",
+                      "filter_benign": "kx_utils.experiments.detection"}
+    assert sources["victim"]["source"] == "kx_utils/experiments/victims.py"
     assert "thing" not in sources  # this file's own kind is not the package's
     assert artifacts.ARTIFACT_OWNERS["thing"].endswith("test_artifacts")
-    with pytest.raises(ValueError, match="by kx_utils.victims and by somewhere.else"):
+    with pytest.raises(ValueError, match="by kx_utils.experiments.victims and by somewhere.else"):
         artifact_kind("victim", artifacts.ARTIFACT_KINDS["victim"], owner="somewhere.else")
 
 
 def test_the_checker_asks_for_a_bump_when_a_source_changed_without_its_version():
-    from kx_utils.artifact_sources import RECORD_COMMAND, artifact_source_problems
+    from kx_utils.runtime.artifact_sources import (
+        RECORD_COMMAND,
+        artifact_source_problems,
+    )
 
-    entry = {"version": 2, "module": "kx_utils.attack", "source": "kx_utils/attack.py", "sha256": "a" * 64}
+    entry = {"version": 2, "module": "kx_utils.experiments.attack", "source": "kx_utils/experiments/attack.py", "sha256": "a" * 64}
     now = {"answers": dict(entry)}
     assert artifact_source_problems({"answers": dict(entry)}, now) == []
 
     changed = artifact_source_problems({"answers": {**entry, "sha256": "b" * 64}}, now)
     assert len(changed) == 1
-    assert "kx_utils/attack.py changed but its artifact kind 'answers' is still version 2" in changed[0]
+    assert "kx_utils/experiments/attack.py changed but its artifact kind 'answers' is still version 2" in changed[0]
     assert "artifact_kind('answers', 3)" in changed[0] and RECORD_COMMAND in changed[0]
 
     bumped = artifact_source_problems({"answers": {**entry, "version": 1, "sha256": "b" * 64}}, now)
@@ -107,15 +115,15 @@ def test_the_checker_asks_for_a_bump_when_a_source_changed_without_its_version()
     assert len(lowered) == 1 and "only go up" in lowered[0]
     assert "is not recorded" in artifact_source_problems({}, now)[0]
     assert "no module registers it" in artifact_source_problems({"answers": entry, "gone": entry}, now)[0]
-    moved = artifact_source_problems({"answers": {**entry, "module": "kx_utils.api"}}, now)
-    assert len(moved) == 1 and "now registered by kx_utils.attack" in moved[0]
+    moved = artifact_source_problems({"answers": {**entry, "module": "kx_utils.core.api"}}, now)
+    assert len(moved) == 1 and "now registered by kx_utils.experiments.attack" in moved[0]
 
 
 def test_recording_writes_what_the_check_then_accepts(tmp_path, monkeypatch, capsys):
     import json
 
     from kx_utils import __main__ as cli
-    from kx_utils import artifact_sources as sources
+    from kx_utils.runtime import artifact_sources as sources
 
     target = tmp_path / "artifact_sources.json"
     monkeypatch.setattr(sources, "artifact_sources_path", lambda: target)
@@ -127,19 +135,23 @@ def test_recording_writes_what_the_check_then_accepts(tmp_path, monkeypatch, cap
     recorded["victim"]["sha256"] = "0" * 64  # victims.py as it was before an edit
     target.write_text(json.dumps({"kinds": recorded}))
     assert cli.main(["artifacts"]) == 1
-    assert "kx_utils/victims.py changed" in capsys.readouterr().out
+    assert "kx_utils/experiments/victims.py changed" in capsys.readouterr().out
 
 
 def test_artifact_versions_move_with_the_source_that_produces_them():
-    """The rule of kx_utils/artifacts.py: a module that registers an artifact kind and changes must
+    """The rule of kx_utils/runtime/artifacts.py: a module that registers an artifact kind and changes must
     bump that kind's version, or state (by re-recording) that the change cannot alter the artifacts."""
     import json
 
-    from kx_utils.artifact_sources import RECORD_COMMAND, artifact_source_problems, artifact_sources_path
+    from kx_utils.runtime.artifact_sources import (
+        RECORD_COMMAND,
+        artifact_source_problems,
+        artifact_sources_path,
+    )
 
     path = artifact_sources_path()
     assert path.is_file(), f"{path} is missing: write it with `{RECORD_COMMAND}` and commit it"
     recorded = json.loads(path.read_text())["kinds"]
     problems = artifact_source_problems(recorded)
-    assert not problems, ("artifact versions and their source disagree (kx_utils/artifacts.py states the "
+    assert not problems, ("artifact versions and their source disagree (kx_utils/runtime/artifacts.py states the "
                           "rule):\n  " + "\n  ".join(problems))

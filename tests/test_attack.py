@@ -1,11 +1,17 @@
 import pytest
 import torch
 
-from kx_utils.api import PredictionAPI
-from kx_utils.artifacts import ArtifactStore
-from kx_utils.attack import (BudgetError, attacker_pool, knockoff, query_settings, query_victim,
-                             sample_transfer_set)
-from kx_utils.victims import get_victim, victim_name
+from kx_utils.core.api import PredictionAPI
+from kx_utils.experiments.attack import (
+    BudgetError,
+    attacker_pool,
+    knockoff,
+    query_settings,
+    query_victim,
+    sample_transfer_set,
+)
+from kx_utils.experiments.victims import get_victim, victim_name
+from kx_utils.runtime.artifacts import ArtifactStore
 
 
 def is_count_of(accuracy: float, n: int) -> bool:
@@ -110,7 +116,7 @@ def test_pool_of_all_splits_concatenates_them(tiny_profile, store):
 
 
 def test_clearly_learned_needs_a_margin_over_chance():
-    from kx_utils.victims import clearly_learned
+    from kx_utils.experiments.victims import clearly_learned
     assert clearly_learned(0.66, 0.011) and clearly_learned(0.82, 0.10)
     assert not clearly_learned(0.374, 0.330)  # mini's Diabetic5 stand-in
 
@@ -118,7 +124,7 @@ def test_clearly_learned_needs_a_margin_over_chance():
 def test_a_run_without_a_test_curve_is_the_same_run_with_one(tiny_profile, store, monkeypatch):
     """Table 2's surrogate answers Tables 5 and 6's probability-vector request: one run, one key's work."""
     with_curve = knockoff(tiny_profile, "cifar10", store=store, recipe=tiny_profile.surrogate_recipe.replace(epochs=3))
-    import kx_utils.attack as ka
+    import kx_utils.experiments.attack as ka
     monkeypatch.setattr(ka, "_train_surrogate", lambda *a, **k: pytest.fail("trained the same surrogate twice"))
     without = knockoff(tiny_profile, "cifar10", store=store, recipe=tiny_profile.surrogate_recipe.replace(epochs=3),
                        test_curve=False)
@@ -137,9 +143,9 @@ def test_a_run_without_a_test_curve_is_the_same_run_with_one(tiny_profile, store
 def test_replacing_one_image_of_the_victims_data_makes_the_victim_and_its_surrogates_stale(tiny_profile, tiny_data):
     from PIL import Image
 
-    from kx_utils.attack import surrogate_settings
-    from kx_utils.data import forget_remembered
-    from kx_utils.victims import victim_settings
+    from kx_utils.data.datasets import forget_remembered
+    from kx_utils.experiments.attack import surrogate_settings
+    from kx_utils.experiments.victims import victim_settings
     before_victim, before_surrogate = victim_settings(tiny_profile, "cifar10"), surrogate_settings(tiny_profile, "cifar10")
     target = sorted((tiny_data / "cifar10" / "test" / "class_00").iterdir())[0]
     original = target.read_bytes()

@@ -1,4 +1,4 @@
-"""kx_utils.bench: throughput measurements, and the Markdown and JSON reports they make (kx_utils.bench_report)."""
+"""kx_utils.bench.timing: throughput measurements, and the Markdown and JSON reports they make (kx_utils.bench.report)."""
 
 import json
 import math
@@ -7,10 +7,18 @@ import pytest
 import torch
 
 from kx_utils.__main__ import main
-from kx_utils.bench import (Timing, inference_models, inference_rate, package_path, profile_batch_sizes,
-                            swept_batches, training_models, training_rate)
-from kx_utils.bench_report import markdown
-from kx_utils.profiles import get_profile
+from kx_utils.bench.report import markdown
+from kx_utils.bench.timing import (
+    Timing,
+    inference_models,
+    inference_rate,
+    package_path,
+    profile_batch_sizes,
+    swept_batches,
+    training_models,
+    training_rate,
+)
+from kx_utils.config.profiles import get_profile
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")  # a device object only: nothing below runs on it without a GPU

@@ -1,9 +1,15 @@
 import pytest
 import torch
 
-from kx_utils import data as kd
-from kx_utils.data import (CorruptImageError, DatasetNotFoundError, ImageSet, load_split,
-                           per_class_indices, resize_images)
+from kx_utils.core.images import resize_images
+from kx_utils.data import datasets as kd
+from kx_utils.data.datasets import (
+    CorruptImageError,
+    DatasetNotFoundError,
+    ImageSet,
+    load_split,
+    per_class_indices,
+)
 from tests.conftest import write_image_folder
 
 
@@ -141,7 +147,7 @@ def _striped(path, w, h, period, fmt=None):
 
 
 def test_every_image_is_decoded_to_the_asked_size_whatever_the_first_images_size(tmp_path):
-    from kx_utils.imagefolder import decode_image, decode_images
+    from kx_utils.data.imagefolder import decode_image, decode_images
     paths = [tmp_path / f"{i}.{ext}" for i, ext in enumerate(["jpg", "png", "png", "jpg"])]
     _striped(paths[0], 30, 30, 3)  # a 30 px first image (GTSRB's smallest signs)...
     _striped(paths[1], 224, 160, 2)  # ...must not make the 224 px ones 30 px
@@ -162,7 +168,7 @@ def test_decoding_at_a_size_equals_decoding_as_stored_then_resizing(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from kx_utils.imagefolder import decode_images
+    from kx_utils.data.imagefolder import decode_images
     rng = np.random.default_rng(0)
     paths = []
     for i in range(6):
@@ -178,7 +184,8 @@ def test_a_large_jpeg_decoded_at_a_reduced_scale_stays_close_to_the_full_decode(
     import numpy as np
     from PIL import Image
 
-    from kx_utils.imagefolder import decode_image, square_resize
+    from kx_utils.core.images import square_resize
+    from kx_utils.data.imagefolder import decode_image
     yy, xx = np.mgrid[0:2592, 0:3888]
     pixels = np.stack([xx * 255 // 3888, yy * 255 // 2592, (xx + yy) % 256], -1).astype(np.uint8)
     path = tmp_path / "fundus.jpg"
@@ -193,7 +200,7 @@ def test_a_large_jpeg_decoded_at_a_reduced_scale_stays_close_to_the_full_decode(
 
 
 def test_the_decoded_size_of_the_paper_sets_is_stated():
-    from kx_utils.imagefolder import decoded_bytes
+    from kx_utils.data.imagefolder import decoded_bytes
     assert decoded_bytes(100_000, 224) == 15_052_800_000  # the ImageNet pool: 15 GB at 224 px, 3 bytes a pixel
 
 
@@ -204,7 +211,7 @@ def test_load_split_needs_a_size(tiny_data, store):
 
 def test_a_centre_crop_decode_is_resize_then_the_central_square(tmp_path):
     """Resize(256) + CenterCrop(224), the Knockoff authors' test transform, in one decode."""
-    from kx_utils.imagefolder import centre_crop, decode_image
+    from kx_utils.data.imagefolder import centre_crop, decode_image
     path = tmp_path / "wide.png"
     _striped(path, 300, 200, 3)
     cropped = torch.from_numpy(decode_image(path, 56, crop=224 / 256)).permute(2, 0, 1)

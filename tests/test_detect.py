@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kx_utils import detect as D
-from kx_utils.data import resize_images
-from kx_utils.detect import experiments as E
-from kx_utils.api import PredictionAPI
-from kx_utils.artifacts import ArtifactStore
+from kx_utils.core import detectors as D
+from kx_utils.core.api import PredictionAPI
+from kx_utils.core.images import resize_images
+from kx_utils.experiments import detection as E
+from kx_utils.runtime.artifacts import ArtifactStore
 from tests.conftest import write_image_folder
-
 
 # ---------------------------------------------------------------- rates
 
@@ -192,9 +191,9 @@ def test_cached_outputs_compute_once_per_image_set(tmp_path):
 
 def test_backbone_features_are_cached(tiny_profile, store):
     images = torch.randint(0, 255, (3, 3, 16, 16), dtype=torch.uint8)
-    first, from_cache = D.backbone_features(tiny_profile, "mobilenet_v2", images, store, with_source=True)
+    first, from_cache = E.backbone_features(tiny_profile, "mobilenet_v2", images, store, with_source=True)
     assert not from_cache and first.shape == (3, 1280)
-    again, from_cache = D.backbone_features(tiny_profile, "mobilenet_v2", images, store, with_source=True)
+    again, from_cache = E.backbone_features(tiny_profile, "mobilenet_v2", images, store, with_source=True)
     assert from_cache and torch.equal(first, again)
 
 
@@ -214,37 +213,37 @@ def detection_profile(tiny_profile, tiny_data):
 
 
 def test_detector_is_trained_once_and_flags_the_attackers_noise(detection_profile):
-    detector = D.get_detector(detection_profile, "cifar10")
+    detector = E.get_detector(detection_profile, "cifar10")
     assert detector.name.startswith("CIFAR10-MNV2*CV@") and detector.image_size == 16
-    data = D.detection_data(detection_profile, "cifar10")
+    data = E.detection_data(detection_profile, "cifar10")
     # the defender holds half of ImageNet train (120 images): 10 for tuning, the rest for training
     assert len(data.ood_tune) == 10 and len(data.ood_train) == 60 - 10
     assert not set(data.ood_tune.files) & set(data.ood_train.files)
     assert data.overlap == []  # CIFAR10 shares no class with ImageNet
     tpr, tnr = D.rates(detector.flag(data.ood_test.images), detector.flag(data.in_test.images))
     assert tpr > 0.9 and tnr > 0.9  # colour-coded classes vs uniform noise
-    again = D.get_detector(detection_profile, "cifar10")
+    again = E.get_detector(detection_profile, "cifar10")
     assert again.name == detector.name
     assert torch.equal(again.head.coef, detector.head.coef)
 
 
 def test_sets_keep_judged_queries_and_validation_samples_apart(detection_profile):
-    data = D.detection_data(detection_profile, "cifar10")
+    data = E.detection_data(detection_profile, "cifar10")
     seen = set(data.ood_train.files) | set(data.ood_tune.files)
     assert seen <= data.defender_files
     pool = E.imagenet_pool(detection_profile, 16, ArtifactStore(detection_profile.cache_root))
-    unseen = D.unseen_mask(data, pool.files)
+    unseen = E.unseen_mask(data, pool.files)
     assert int(unseen.sum()) == len(pool) - len(data.defender_files) == 60
     assert not {f for f, u in zip(pool.files, unseen.tolist()) if u} & seen
-    queries = D.unseen_imagenet_queries(detection_profile, "cifar10", 20)
+    queries = E.unseen_imagenet_queries(detection_profile, "cifar10", 20)
     unseen_images = pool.images[unseen]
     assert all((unseen_images == q).all((1, 2, 3)).any() for q in queries)
     # more asked than there are: all 60 unseen ones, each once (the paper's 97,280 Bing queries against its
     # 10,000 unseen ImageNet test images)
-    every = D.unseen_imagenet_queries(detection_profile, "cifar10", 500)
+    every = E.unseen_imagenet_queries(detection_profile, "cifar10", 500)
     assert len(every) == 60 and len(torch.unique(every.flatten(1), dim=0)) == len(torch.unique(unseen_images.flatten(1), dim=0))
     with pytest.raises(ValueError, match="no ImageNet pool image is unseen.*lower detector_ood_share"):
-        D.unseen_imagenet_queries(detection_profile.replace(detector_ood_share=1.0, attacker_pool_split="train"),
+        E.unseen_imagenet_queries(detection_profile.replace(detector_ood_share=1.0, attacker_pool_split="train"),
                                   "cifar10", 5)
     # the published protocol's validation samples are not among the images the tables measure
     for sample, measured in ((data.validation["in"], data.in_test), (data.validation["imagenet"], data.ood_test),
@@ -255,36 +254,36 @@ def test_sets_keep_judged_queries_and_validation_samples_apart(detection_profile
 
 
 def test_table4_columns_use_our_tnr_and_the_same_images(detection_profile):
-    result = D.table4_result(detection_profile, "cifar10")
+    result = E.table4_result(detection_profile, "cifar10")
     for ood, row in (("imagenet", result.row_a), ("openimages", result.row_b)):
         s = result.scores[ood]
         assert len(s["in"]["ours"]) == row["in_test"] and all(len(v) == row["in_test"] for v in s["in"].values())
-        for method in D.BASELINE_COLUMNS:
+        for method in E.BASELINE_COLUMNS:
             assert row[f"{method}_tpr_at_ours"] == D.tpr_at_tnr(s["in"][method], s["ood"][method], row["ours_tnr"])
             assert row[f"{method}_tpr_at_95"] == D.tpr_at_tnr(s["in"][method], s["ood"][method], 0.95)
             assert row[f"{method}_auroc"] == D.auroc(s["in"][method], s["ood"][method])
         assert row["classes_dropped"] == 0
     fair, published = result.tuning["fair"], result.tuning["published_imagenet"]
     assert fair["tuning_ood"] == 10 and published["tuning_ood"] == len(
-        D.detection_data(detection_profile, "cifar10").validation["imagenet"])
+        E.detection_data(detection_profile, "cifar10").validation["imagenet"])
     assert len(fair["mahalanobis_layer_weights"]) > 1
 
 
 def test_filter_counts_unseen_queries_apart(detection_profile):
-    report = D.filter_report(detection_profile, "cifar10")
+    report = E.filter_report(detection_profile, "cifar10")
     assert report["transfer_queries"] == detection_profile.transfer_budget
-    data = D.detection_data(detection_profile, "cifar10")
+    data = E.detection_data(detection_profile, "cifar10")
     pool = E.imagenet_pool(detection_profile, 16, ArtifactStore(detection_profile.cache_root))
-    from kx_utils.attack import sample_transfer_set
+    from kx_utils.experiments.attack import sample_transfer_set
     indices = sample_transfer_set(len(pool), detection_profile.transfer_budget, detection_profile.seed)
-    assert report["unseen_queries"] == int(D.unseen_mask(data, [pool.files[i] for i in indices]).sum())
+    assert report["unseen_queries"] == int(E.unseen_mask(data, [pool.files[i] for i in indices]).sum())
     assert report["benign_queries"] == len(data.in_test)
-    assert D.filter_report(detection_profile, "cifar10")["queries_sent"] == 0  # answers reused
+    assert E.filter_report(detection_profile, "cifar10")["queries_sent"] == 0  # answers reused
 
 
 def test_scratch_detector_trains_on_both_labels(detection_profile):
-    detector = D.scratch_detector(detection_profile, "cifar10", "resnet18", starred=False)
+    detector = E.scratch_detector(detection_profile, "cifar10", "resnet18", starred=False)
     assert detector.info["train_in"] == 40 and detector.info["train_ood"] == 40
-    again = D.scratch_detector(detection_profile, "cifar10", "resnet18", starred=False)
+    again = E.scratch_detector(detection_profile, "cifar10", "resnet18", starred=False)
     images = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
     assert again.name == detector.name and torch.equal(again.score(images), detector.score(images))

@@ -1,4 +1,4 @@
-"""MSP, ODIN and Mahalanobis (kx_utils.detect.baselines) and stage features (kx_utils.detect.layers)."""
+"""MSP, ODIN and Mahalanobis (kx_utils.core.detectors.baselines) and stage features (kx_utils.core.detectors.layers)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,16 @@ import torch.nn as nn
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-from kx_utils.detect.baselines import MSP, ODIN, Mahalanobis, ensemble_scores, fit_layer_ensemble, odin_grid
-from kx_utils.detect.layers import stage_features, stage_names
-from kx_utils.models import build_model
+from kx_utils.core.detectors.baselines import (
+    MSP,
+    ODIN,
+    Mahalanobis,
+    ensemble_scores,
+    fit_layer_ensemble,
+    odin_grid,
+)
+from kx_utils.core.detectors.layers import stage_features, stage_names
+from kx_utils.core.models import build_model
 
 
 class LinearToy(nn.Module):

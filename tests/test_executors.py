@@ -1,4 +1,4 @@
-"""kx_utils.executors: how Ray is asked to run the grid's tasks, and what a worker shows the driver."""
+"""kx_utils.orchestration.executors: how Ray is asked to run the grid's tasks, and what a worker shows the driver."""
 
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ import pytest
 import torch
 
 from kx_utils import get_profile
-from kx_utils.executors import RayExecutor, ThrottledProgress, execute_task, make_executor, run_grid
-from kx_utils.grid import Task
+from kx_utils.orchestration.executors import (
+    RayExecutor,
+    ThrottledProgress,
+    execute_task,
+    make_executor,
+    run_grid,
+)
+from kx_utils.orchestration.grid import Task
 
 
 class FakeRay(types.ModuleType):
@@ -56,7 +62,7 @@ def machine(monkeypatch):
 
 
 def _submit_one(executor) -> dict:
-    executor.submit(Task("surrogate/table2/caltech/seed1", "02_knockoff", "kx_utils.attack:knockoff", ("caltech",)))
+    executor.submit(Task("surrogate/table2/caltech/seed1", "02_knockoff", "kx_utils.experiments.attack:knockoff", ("caltech",)))
     return executor.options
 
 

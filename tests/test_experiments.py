@@ -3,12 +3,26 @@ import math
 import pytest
 import torch
 
-from kx_utils.attack import KnockoffResult, knockoff
-from kx_utils.experiments import (Section5Plan, attack_formats, batch_size_rows, curve_entry,
-                                  early_stopping_row, equal_steps_control, equal_steps_epochs, figure1_data,
-                                  flagged_share, format_row, knockoff_row,
-                                  in_distribution_budget, largest_gaps, section5_plan,
-                                  select_by_validation, transfer_answers, validation_grid)
+from kx_utils.experiments.attack import KnockoffResult, knockoff
+from kx_utils.experiments.section5 import (
+    Section5Plan,
+    attack_formats,
+    batch_size_rows,
+    curve_entry,
+    early_stopping_row,
+    equal_steps_control,
+    equal_steps_epochs,
+    figure1_data,
+    flagged_share,
+    format_row,
+    in_distribution_budget,
+    knockoff_row,
+    largest_gaps,
+    section5_plan,
+    select_by_validation,
+    transfer_answers,
+    validation_grid,
+)
 
 
 def fake_result(test_accs, val_accs=None, victim_acc=0.8):
@@ -235,7 +249,7 @@ def test_seeded_rows_average_the_seeds_and_keep_each():
 
 
 def test_format_row_averages_each_format_over_the_seeds_that_ran_it():
-    from kx_utils.experiments import FormatOutcome
+    from kx_utils.experiments.section5 import FormatOutcome
 
     seed0 = {"probs": FormatOutcome(fake_result([0.6]), None), "label": FormatOutcome(fake_result([0.4]), None),
              "top3": FormatOutcome(fake_result([0.5]), None)}
@@ -248,7 +262,7 @@ def test_format_row_averages_each_format_over_the_seeds_that_ran_it():
 
 
 def test_budget_curve_reuses_table2_runs_at_the_profiles_budget(tiny_profile, store):
-    from kx_utils.experiments import budget_curve, table2_attack
+    from kx_utils.experiments.section5 import budget_curve, table2_attack
 
     profile = tiny_profile.replace(surrogate_validation_fraction=0.25)
     table2 = knockoff(profile, "cifar10", store=store, **table2_attack(profile))

@@ -20,13 +20,19 @@ import torch
 from PIL import Image
 
 from kx_utils import __main__ as cli
-from kx_utils import get_profile, integrity
-from kx_utils import pipeline as pl
-from kx_utils.artifacts import DiskFullError, artifact_kind
-from kx_utils.attack import BudgetError, sample_transfer_set
-from kx_utils.data import CorruptImageError, DataLayoutError, DatasetNotFoundError, load_split
-from kx_utils.pipeline import RunInProgress, reproduce
-from kx_utils.victims import get_victim
+from kx_utils import get_profile
+from kx_utils.data.datasets import (
+    CorruptImageError,
+    DataLayoutError,
+    DatasetNotFoundError,
+    load_split,
+)
+from kx_utils.experiments.attack import BudgetError, sample_transfer_set
+from kx_utils.experiments.victims import get_victim
+from kx_utils.orchestration import pipeline as pl
+from kx_utils.orchestration.pipeline import RunInProgress, reproduce
+from kx_utils.runtime import integrity
+from kx_utils.runtime.artifacts import DiskFullError, artifact_kind
 from tests.conftest import REPO
 from tests.test_pipeline import FakeExecute, write_notebook
 
@@ -247,7 +253,7 @@ def test_a_killed_holder_releases_the_cache_and_the_cli_exits_3_while_it_lives(n
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from kx_utils.locks import exclusive
+            from kx_utils.runtime.locks import exclusive
             with exclusive({str(cache / '.reproduce.lock')!r}, "a holder in a test", ""):
                 print("held", flush=True)
                 time.sleep(600)
@@ -272,8 +278,9 @@ def test_a_killed_holder_releases_the_cache_and_the_cli_exits_3_while_it_lives(n
 DYING_CHILD = textwrap.dedent("""
     import io, json, os, signal, sys
     import torch
-    from kx_utils import artifacts, get_profile
-    from kx_utils.victims import get_victim
+    from kx_utils.runtime import artifacts
+    from kx_utils import get_profile
+    from kx_utils.experiments.victims import get_victim
 
     torch.set_num_threads(1)
     kill_at, moment, overrides = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])

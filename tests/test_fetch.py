@@ -20,11 +20,11 @@ import pytest
 from PIL import Image
 
 from kx_utils import __main__ as cli
-from kx_utils import data as kd
-from kx_utils import fetch as kf
-from kx_utils import pipeline as pl
-from kx_utils.fetch import archives, build, standins
-from kx_utils.fetch.archives import Archive
+from kx_utils.data import datasets as kd
+from kx_utils.data import fetch as kf
+from kx_utils.data.fetch import archives, build, standins
+from kx_utils.data.fetch.archives import Archive
+from kx_utils.orchestration import pipeline as pl
 from tests.fetch_mirror import SIZES, TABLES, expected_counts, write_mirror
 
 REPO = Path(__file__).resolve().parent.parent

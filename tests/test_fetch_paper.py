@@ -1,4 +1,4 @@
-"""`python -m kx_utils data build|status` for the paper profile (kx_utils/fetch/paper.py, openimages.py,
+"""`python -m kx_utils data build|status` for the paper profile (kx_utils/data/fetch/paper.py, openimages.py,
 diabetic.py, paper_status.py) and Caltech-256's export without clutter, on tiny synthetic inputs made in
 the test: a CUB tgz, an ILSVRC-like folder, an Open Images list served by a local HTTP server, Kaggle-like
 fundus photographs.  Nothing is downloaded from the internet."""
@@ -25,9 +25,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from kx_utils import __main__ as cli
-from kx_utils import data as kd
-from kx_utils.fetch import FetchError, diabetic, openimages, paper, paper_status
-from kx_utils.fetch.build import BUILDING_PREFIX
+from kx_utils.data import datasets as kd
+from kx_utils.data.fetch import FetchError, diabetic, openimages, paper, paper_status
+from kx_utils.data.fetch.build import BUILDING_PREFIX
 
 
 def jpeg(size=(40, 30), color=(120, 60, 30), seed=0) -> bytes:

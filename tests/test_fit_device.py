@@ -1,19 +1,20 @@
 """fit() on each device: the CPU path bit for bit what it was before the CUDA path (against a frozen copy of
-that loop, run in the same process), the CUDA path resident on the GPU (kx_utils.train)."""
+that loop, run in the same process), the CUDA path resident on the GPU (kx_utils.core.train)."""
 
 import pytest
+import reference_fit_83f3ae4
 import torch
 import torch.nn as nn
-
-import kx_utils.train as kt
-import reference_fit_83f3ae4
 from conftest import TEST_DEVICE
-from kx_utils import ProfileError, get_profile, integrity
-from kx_utils.artifacts import atomic_save
-from kx_utils.devices import evaluation_batch_size, pick_device
-from kx_utils.models import build_model
-from kx_utils.profiles import Recipe
-from kx_utils.train import accuracy, augment_batch, fit, predict_logits
+
+import kx_utils.core.train as kt
+from kx_utils import ProfileError, get_profile
+from kx_utils.config.profiles import Recipe, evaluation_batch_size
+from kx_utils.core.devices import pick_device
+from kx_utils.core.models import build_model
+from kx_utils.core.train import accuracy, augment_batch, fit, predict_logits
+from kx_utils.runtime import integrity
+from kx_utils.runtime.artifacts import atomic_save
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

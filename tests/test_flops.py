@@ -1,11 +1,16 @@
-"""kx_utils.flops: FLOPs counted against hand computation, the peak table and the share of the peak."""
+"""kx_utils.core.flops: FLOPs counted against hand computation, the peak table and the share of the peak."""
 
 import pytest
 import torch
 import torch.nn as nn
 
-from kx_utils.flops import forward_flops, peak_bf16_tflops, peak_fraction, training_flops
-from kx_utils.models import build_model
+from kx_utils.core.flops import (
+    forward_flops,
+    peak_bf16_tflops,
+    peak_fraction,
+    training_flops,
+)
+from kx_utils.core.models import build_model
 
 
 def test_a_linear_layer_costs_two_flops_per_multiply_add_per_image():

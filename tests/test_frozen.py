@@ -1,13 +1,13 @@
-"""Partial fine-tuning: split_frozen_prefix (kx_utils.models) and fit(..., frozen_blocks=k) (kx_utils.train)."""
+"""Partial fine-tuning: split_frozen_prefix (kx_utils.core.models) and fit(..., frozen_blocks=k) (kx_utils.core.train)."""
 
 import functools
 
 import pytest
 import torch
 
-from kx_utils.models import build_model, split_frozen_prefix
-from kx_utils.profiles import Recipe
-from kx_utils.train import accuracy, fit
+from kx_utils.config.profiles import Recipe
+from kx_utils.core.models import build_model, split_frozen_prefix
+from kx_utils.core.train import accuracy, fit
 
 # ---------------------------------------------------------------- split_frozen_prefix
 

@@ -8,13 +8,18 @@ import textwrap
 import pytest
 
 from kx_utils import get_profile
-from kx_utils.attack import SURROGATE, BudgetError, knockoff, surrogate_settings
-from kx_utils.executors import SerialExecutor, make_executor, run_grid
-from kx_utils.experiments import section5_attack
-from kx_utils.grid import Task, grid_tasks, missing_tasks
-from kx_utils.seeds import seeds_for
-from kx_utils.train import NO_TRAINING_ENV, TrainingForbiddenError, fit
-from kx_utils.victims import PRETRAINED_VICTIMS, VICTIM
+from kx_utils.config.seeds import seeds_for
+from kx_utils.core.train import NO_TRAINING_ENV, TrainingForbiddenError, fit
+from kx_utils.experiments.attack import (
+    SURROGATE,
+    BudgetError,
+    knockoff,
+    surrogate_settings,
+)
+from kx_utils.experiments.section5 import section5_attack
+from kx_utils.experiments.victims import PRETRAINED_VICTIMS, VICTIM
+from kx_utils.orchestration.executors import SerialExecutor, make_executor, run_grid
+from kx_utils.orchestration.grid import Task, grid_tasks, missing_tasks
 
 
 def test_surrogate_settings_are_the_key_knockoff_stores(tiny_profile, store):
@@ -30,7 +35,7 @@ def test_surrogate_settings_are_the_key_knockoff_stores(tiny_profile, store):
 
 def test_a_whole_pool_task_has_the_key_knockoff_stores(tiny_profile, store):
     """budget="all" resolves to the pool's size counted in its folder: the key knockoff() caches under."""
-    task = Task("surrogate/budget/cifar10/all/seed1", "02_knockoff", "kx_utils.attack:knockoff", ("cifar10",),
+    task = Task("surrogate/budget/cifar10/all/seed1", "02_knockoff", "kx_utils.experiments.attack:knockoff", ("cifar10",),
                 {"budget": "all", "seed": 1, "validation_fraction": 0.2})
     result = knockoff(tiny_profile, "cifar10", store=store, **task.kwargs)
     assert task.artifact(tiny_profile) == (SURROGATE, result.settings)
@@ -54,7 +59,7 @@ def test_grid_tasks_follow_the_profile_plan():
     # Table 2 queries the whole pool, so the budget curve's last point ("all") is Table 2's seed-0 run
     assert mini.transfer_budget == 12000 and "all" in mini.section5.budget_curve_budgets
     assert "surrogate/budget/caltech/all/seed0" not in tasks and "surrogate/budget/caltech/6000/seed0" in tasks
-    keys = [t.artifact(mini) for t in tasks.values() if t.function == "kx_utils.attack:knockoff"]
+    keys = [t.artifact(mini) for t in tasks.values() if t.function == "kx_utils.experiments.attack:knockoff"]
     digests = [str(sorted(k[1].items())) for k in keys if k]
     assert len(digests) == len(set(digests))  # no surrogate is trained twice
     order = list(tasks)
@@ -66,7 +71,7 @@ def test_grid_tasks_follow_the_profile_plan():
 def test_every_task_describes_itself_as_json_for_grid_json(name):
     tasks = grid_tasks(get_profile(name))
     described = json.loads(json.dumps([t.describe() for t in tasks]))  # a Recipe among the args raised here
-    pair = next(d for d in described if d["function"] == "kx_utils.grid:section_5_1_3_pair")
+    pair = next(d for d in described if d["function"] == "kx_utils.orchestration.grid:section_5_1_3_pair")
     recipe = section5_attack(get_profile(name), get_profile(name).section5)["recipe"]
     assert pair["args"][1] == json.loads(json.dumps(recipe.as_dict()))
 
@@ -180,7 +185,7 @@ def test_ray_reports_a_failed_task_and_runs_the_rest(tmp_path, monkeypatch):
 
 
 def test_a_failed_task_holds_back_the_notebooks_that_need_it_and_what_waits_on_it():
-    from kx_utils.grid import Task, notebooks_needing
+    from kx_utils.orchestration.grid import Task, notebooks_needing
     tasks = [Task("victim/caltech", "01_victims", "m:f"), Task("surrogate/x", "02_knockoff", "m:f", after=("victim/caltech",)),
              Task("detection/t4", "03_detection", "m:f", after=("victim/caltech",), also_for=("06_in_distribution",)),
              Task("surrogate/y", "05_hyperparameters", "m:f")]

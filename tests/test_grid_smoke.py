@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kx_utils import integrity
+from kx_utils.runtime import integrity
 from tests.conftest import cache_files
 
 pytestmark = pytest.mark.notebooks

@@ -18,11 +18,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kx_utils import integrity
-from kx_utils.artifacts import (ArtifactStore, ArtifactWarning, CorruptArtifactError, artifact_kind,
-                                atomic_save)
-from kx_utils.profiles import Recipe
-from kx_utils.train import fit
+from kx_utils.config.profiles import Recipe
+from kx_utils.core.train import fit
+from kx_utils.runtime import integrity
+from kx_utils.runtime.artifacts import (
+    ArtifactStore,
+    ArtifactWarning,
+    CorruptArtifactError,
+    artifact_kind,
+    atomic_save,
+)
 
 PROBE = artifact_kind("probe", 1)  # the kind these tests store
 OTHER = artifact_kind("probe_other", 1)

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torchvision
 
-from kx_utils import models as km
-from kx_utils.models import MissingWeightsError, build_model
+from kx_utils.core import models as km
+from kx_utils.core.models import MissingWeightsError, build_model
 
 
 @pytest.mark.parametrize("arch,size,dim", [("gtsrb_5l", 32, 256), ("cifar10_9l", 32, 256),

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from kx_utils import get_profile
-from kx_utils.victims import PRETRAINED_VICTIMS, victim_name
+from kx_utils.experiments.victims import PRETRAINED_VICTIMS, victim_name
 from tests.conftest import REPO, SmokeEnv
 
 pytestmark = [pytest.mark.browser, pytest.mark.notebooks]  # a notebook run: not in `make test-quick`

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from kx_utils import data as kd
 from kx_utils import get_profile
+from kx_utils.data import datasets as kd
+from kx_utils.experiments.victims import PRETRAINED_VICTIMS, VICTIMS, available_victims
+from kx_utils.orchestration.run_results import NotebookRun
 from kx_utils.report import Results, build_tables, check_claims, write_report
-from kx_utils.results import NotebookRun
-from kx_utils.victims import PRETRAINED_VICTIMS, VICTIMS, available_victims
 from tests.conftest import write_image_folder
 
 DIABETIC_SPLITS = ("diabetic_retinopathy/train", "diabetic_retinopathy/test")
@@ -132,7 +132,7 @@ def shell(data_root):
 
     shell = InteractiveShell.instance()
     shell.user_ns["P"] = get_profile("mini", data_root=str(data_root))
-    assert shell.run_cell("%load_ext kx_utils.cells").success
+    assert shell.run_cell("%load_ext kx_utils.orchestration.cells").success
     return shell
 
 

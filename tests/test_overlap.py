@@ -1,4 +1,4 @@
-"""The audited ImageNet-overlap lists (kx_utils/overlap_lists) and their reader."""
+"""The audited ImageNet-overlap lists (kx_utils/data/overlap_lists) and their reader."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from kx_utils.overlap import (RELATIONS, OverlapListNotFoundError, available_lists, overlap_list,
-                              overlapping_class_indices)
+from kx_utils.data.overlap import (
+    RELATIONS,
+    OverlapListNotFoundError,
+    available_lists,
+    overlap_list,
+    overlapping_class_indices,
+)
 
 STANDINS = ["caltech101", "cub200_subset", "cifar10", "gtsrb", "diabetic_retinopathy"]
 PAPER_ONLY = ["caltech256", "cubs200", "diabetic5"]

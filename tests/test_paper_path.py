@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from paper_shaped_data import write_paper_shaped_data
 
 pytestmark = pytest.mark.paper_path
@@ -103,7 +102,7 @@ def test_a_serial_grid_afterwards_finds_everything_made(dry_run):
 
 def test_every_split_was_decoded_at_a_models_side_not_at_its_first_images(dry_run):
     """Every split's first image is 480 x 360: decoded at that side, ImageNet's 100,000 images would take 75 GB."""
-    from kx_utils import integrity
+    from kx_utils.runtime import integrity
     root, _, _ = dry_run
     sides = {}
     for path in (root / "cache" / "decoded").glob("*.pt"):

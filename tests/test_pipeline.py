@@ -12,9 +12,15 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from kx_utils import __main__ as cli
-from kx_utils import pipeline as pl
 from kx_utils import report as rp
-from kx_utils.pipeline import NOTEBOOKS, NotebookFailed, PipelineError, load_state, reproduce
+from kx_utils.orchestration import pipeline as pl
+from kx_utils.orchestration.pipeline import (
+    NOTEBOOKS,
+    NotebookFailed,
+    PipelineError,
+    load_state,
+    reproduce,
+)
 
 
 def write_notebook(path: Path, code: str = "x = 1") -> None:
@@ -220,12 +226,12 @@ def test_plan_for_paper_reports_missing_data_and_weights_and_trains_nothing(tmp_
     def never(*args, **kwargs):
         raise AssertionError("--plan must not train or load anything")
 
-    import kx_utils.data
-    import kx_utils.train
-    import kx_utils.victims
-    monkeypatch.setattr(kx_utils.train, "fit", never)
-    monkeypatch.setattr(kx_utils.victims, "get_victim", never)
-    monkeypatch.setattr(kx_utils.data, "load_split", never)
+    import kx_utils.core.train
+    import kx_utils.data.datasets
+    import kx_utils.experiments.victims
+    monkeypatch.setattr(kx_utils.core.train, "fit", never)
+    monkeypatch.setattr(kx_utils.experiments.victims, "get_victim", never)
+    monkeypatch.setattr(kx_utils.data.datasets, "load_split", never)
 
     code = cli.main(["reproduce", "--profile", "paper", "--plan"])
     out = capsys.readouterr().out
@@ -274,8 +280,8 @@ def test_plan_fails_when_one_folder_or_weight_file_is_missing(tmp_path, monkeypa
     assert not p.ok and len(p.missing) == 1
     assert "OpenImages" in p.missing[0] and str(tmp_path / "data" / "ood_web" / "test") in p.missing[0]
 
-    import kx_utils.models
-    monkeypatch.setattr(kx_utils.models, "_packaged_weights", lambda arch: None)  # no weight package
+    import kx_utils.core.models
+    monkeypatch.setattr(kx_utils.core.models, "_packaged_weights", lambda arch: None)  # no weight package
     p = pl.plan(pl.get_profile("mini"))
     assert not p.ok and len(p.missing) == 3
     assert any(m.startswith("ImageNet weights of mobilenet_v2: ") for m in p.missing)
@@ -320,18 +326,18 @@ def test_the_package_fingerprint_covers_modules_and_data_files(tmp_path):
     (package / ".attack.py.swp").write_bytes(b"an editor's")
     assert pl.package_fingerprint(package) == first  # caches and hidden files do not count
 
-    module = package / "detect" / "binary.py"  # a module of a sub-package
+    module = package / "core" / "detectors" / "binary.py"  # a module of a sub-package
     module.write_text(module.read_text() + "\n# a fix\n")
     assert pl.package_fingerprint(package) != first
     module.write_text(module.read_text().removesuffix("\n# a fix\n"))
     assert pl.package_fingerprint(package) == first
 
-    data = package / "overlap_lists" / "cifar10.csv"  # package data
+    data = package / "data" / "overlap_lists" / "cifar10.csv"  # package data
     data.write_text(data.read_text() + "extra\n")
     assert pl.package_fingerprint(package) != first
     data.write_text(data.read_text().removesuffix("extra\n"))
 
-    (package / "victims.py").rename(package / "victims_old.py")  # same content, other path
+    (package / "experiments" / "victims.py").rename(package / "experiments" / "victims_old.py")  # same content, other path
     assert pl.package_fingerprint(package) != first
 
 
@@ -343,7 +349,7 @@ def test_editing_a_module_makes_reproduce_rerun_the_notebooks(notebooks, runs, t
     _, log = run(notebooks, execute=fake, package_root=package)
     assert fake.calls == []  # nothing changed: every result is reused
 
-    module = package / "attack.py"
+    module = package / "experiments" / "attack.py"
     module.write_text(module.read_text().replace("def knockoff(", "def knockoff(  # fixed\n", 1))
     _, log = run(notebooks, execute=fake, package_root=package)
     assert fake.calls == list(NOTEBOOKS)  # a fix in kx_utils makes every earlier result stale
@@ -354,7 +360,7 @@ def test_editing_a_module_makes_reproduce_rerun_the_notebooks(notebooks, runs, t
     fake.calls.clear()
     run(notebooks, execute=fake, package_root=package)
     assert fake.calls == []  # and the new results are reused in turn
-    (package / "overlap_lists" / "gtsrb.csv").write_text("changed\n")
+    (package / "data" / "overlap_lists" / "gtsrb.csv").write_text("changed\n")
     run(notebooks, execute=fake, package_root=package, only=["03"])
     assert fake.calls == ["03_detection"]
 
@@ -496,8 +502,8 @@ def test_a_grid_that_fails_or_is_interrupted_is_recorded_as_a_command_of_its_own
 
 
 def test_the_paper_plan_states_the_memory_of_each_decoded_set():
-    from kx_utils.memory import memory_lines, split_sizes
-    from kx_utils.profiles import get_profile
+    from kx_utils.config.profiles import get_profile
+    from kx_utils.orchestration.memory import memory_lines, split_sizes
     sizes = split_sizes(get_profile("paper"))
     assert sizes["imagenet_subset/train"] == (90_000, 90_000 * 3 * 224 * 224)  # 13.5 GB
     text = "\n".join(memory_lines(get_profile("paper")))

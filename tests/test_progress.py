@@ -1,4 +1,4 @@
-"""kx_utils.progress: one bar per training run that stays, a widget in Jupyter and text elsewhere."""
+"""kx_utils.runtime.progress: one bar per training run that stays, a widget in Jupyter and text elsewhere."""
 
 import re
 from html import unescape
@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kx_utils import progress, train
-from kx_utils.profiles import Recipe
+from kx_utils.config.profiles import Recipe
+from kx_utils.core import train
+from kx_utils.runtime import progress
 
 RECIPE = Recipe(epochs=2, batch_size=4, lr=0.05, milestones=())
 
@@ -105,7 +106,7 @@ def test_in_a_real_kernel_the_bar_is_a_widget_and_nothing_goes_to_stderr(monkeyp
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "from kx_utils.progress import in_jupyter_kernel, progress_bar\n"
+        "from kx_utils.runtime.progress import in_jupyter_kernel, progress_bar\n"
         "print(in_jupyter_kernel())\n"
         "bar = progress_bar(2, 'surrogate of Tiny')\n"
         "bar.update(2)\n"

@@ -8,11 +8,29 @@ import pytest
 import torch
 
 from kx_utils import get_profile
-from kx_utils.grid import Task
-from kx_utils.projection import (HIGH, LOGISTIC_BYTES_PER_S, LOGISTIC_ITERATIONS, LOW, REFERENCE,
-                                 STATED_CEILING_IMAGES_PER_S, STEP_OVERHEAD_S, TASK_START_S, Projection, Throughput,
-                                 Work, cpu_work, critical_path_order, estimated_seconds, list_schedule, load_bench,
-                                 project, surrogate_work, task_seconds, task_work)
+from kx_utils.orchestration.grid import Task
+from kx_utils.orchestration.projection import (
+    HIGH,
+    LOGISTIC_BYTES_PER_S,
+    LOGISTIC_ITERATIONS,
+    LOW,
+    REFERENCE,
+    STATED_CEILING_IMAGES_PER_S,
+    STEP_OVERHEAD_S,
+    TASK_START_S,
+    Projection,
+    Throughput,
+    Work,
+    cpu_work,
+    critical_path_order,
+    estimated_seconds,
+    list_schedule,
+    load_bench,
+    project,
+    surrogate_work,
+    task_seconds,
+    task_work,
+)
 
 
 def test_list_schedule_by_hand():
@@ -37,7 +55,7 @@ def test_surrogate_work_counts_the_passes(monkeypatch):
 
 
 def test_throughput_measured_first_then_stated(monkeypatch):
-    import kx_utils.models as models
+    import kx_utils.core.models as models
     monkeypatch.setattr(models, "build_model", lambda arch, classes, pretrained=False: torch.nn.Sequential(
         torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10)))  # 2 * 48 * 10 = 960 FLOPs per image
     bench = {"device_name": "Test GPU", "timings": [
@@ -113,7 +131,7 @@ RESNET34_BENCH = {"device_name": "Test GPU", "timings": [
 
 
 def _table7(batch: int) -> Task:
-    return Task(f"surrogate/table7/caltech/bs{batch}/seed0", "05_hyperparameters", "kx_utils.attack:knockoff",
+    return Task(f"surrogate/table7/caltech/bs{batch}/seed0", "05_hyperparameters", "kx_utils.experiments.attack:knockoff",
                 ("caltech",), {"batch_size": batch, "seed": 0})
 
 
@@ -195,7 +213,7 @@ def test_the_dominant_line_by_hand():
 
 
 def test_cpu_work_decodes_once_reloads_after_and_fits_each_detector_once():
-    table4 = Task("detection/table4/caltech", "03_detection", "kx_utils.detect:table4_result", ("caltech",))
+    table4 = Task("detection/table4/caltech", "03_detection", "kx_utils.experiments.detection:table4_result", ("caltech",))
     seen: set = set()
     first = cpu_work(PAPER, table4, seen)
     kinds = [c.kind for c in first]
@@ -205,7 +223,7 @@ def test_cpu_work_decodes_once_reloads_after_and_fits_each_detector_once():
     n, dim, fits = 23_703 + 90_000, 2048, 10 * 9 + 1
     [logistic] = [c for c in first if c.kind == "logistic regressions"]
     assert logistic.seconds == pytest.approx(fits * LOGISTIC_ITERATIONS * 16 * n * dim / LOGISTIC_BYTES_PER_S)
-    again = cpu_work(PAPER, Task("detection/filter/caltech", "03_detection", "kx_utils.detect:filter_report",
+    again = cpu_work(PAPER, Task("detection/filter/caltech", "03_detection", "kx_utils.experiments.detection:filter_report",
                                  ("caltech",)), seen)
     assert {c.kind for c in again} == {"task starts", "reloads"}  # decoded and fitted already
     reload = next(c for c in again if c.kind == "reloads")
@@ -222,9 +240,9 @@ def test_a_benchmark_row_without_a_batch_is_refused(tmp_path):
 
 
 def test_a_task_the_projection_has_no_model_of_is_named(monkeypatch):
-    import kx_utils.projection as projection
+    import kx_utils.orchestration.projection as projection
     smoke = get_profile("smoke", data_root="/nonexistent")
-    extra = Task("detection/new_thing", "03_detection", "kx_utils.detect:new_thing")
+    extra = Task("detection/new_thing", "03_detection", "kx_utils.experiments.detection:new_thing")
     monkeypatch.setattr(projection, "grid_tasks", lambda profile: [extra])
     p = project(smoke)
     assert p.unmodelled == ["detection/new_thing"] and p.total(LOW) == 0.0

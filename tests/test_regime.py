@@ -1,13 +1,13 @@
-"""The process-wide switches (kx_utils.regime): random weights for the dry run, fp32 on CUDA."""
+"""The process-wide switches (kx_utils.runtime.regime): random weights for the dry run, fp32 on CUDA."""
 
 import pytest
 import torch
 
-from kx_utils import regime
-from kx_utils.artifacts import ArtifactStore
-from kx_utils.devices import mixed_precision
-from kx_utils.models import build_model, weights_identity
-from kx_utils.profiles import get_profile
+from kx_utils.config.profiles import get_profile
+from kx_utils.core.devices import mixed_precision
+from kx_utils.core.models import build_model, weights_identity
+from kx_utils.runtime import regime
+from kx_utils.runtime.artifacts import ArtifactStore
 
 
 def test_random_weights_are_said_aloud_and_build_without_a_checkpoint(monkeypatch):

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from kx_utils import integrity
-from kx_utils.pipeline import NOTEBOOKS
+from kx_utils.orchestration.pipeline import NOTEBOOKS
+from kx_utils.runtime import integrity
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.reliability

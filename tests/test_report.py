@@ -13,14 +13,27 @@ from pathlib import Path
 
 import pytest
 
-from kx_utils import ProfileError, paper
+from kx_utils import ProfileError
 from kx_utils import report as rp
-from kx_utils.artifacts import REPO_ROOT
-from kx_utils.pipeline import NOTEBOOKS
-from kx_utils.report import (CLAIMS, FAILS, HOLDS, INCONCLUSIVE, NOT_EVALUATED, OURS_ONLY_TABLES, TABLE_SPECS,
-                             CorruptResultsError, Results, check_claims, load_all, write_report)
+from kx_utils.orchestration.pipeline import NOTEBOOKS
+from kx_utils.report import (
+    CLAIMS,
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    NOT_EVALUATED,
+    OURS_ONLY_TABLES,
+    TABLE_SPECS,
+    CorruptResultsError,
+    Results,
+    check_claims,
+    load_all,
+    paper,
+    write_report,
+)
 from kx_utils.report import figures as rp_figures
 from kx_utils.report import writer as rp_writer
+from kx_utils.runtime.artifacts import REPO_ROOT
 
 
 def document(notebook: str, tables=None, figures=None, values=None, wall=12.0) -> dict:
@@ -573,7 +586,7 @@ def test_report_lists_standins_wall_times_and_environment(runs, tmp_path):
 
 
 def test_nothing_written_holds_an_absolute_path_or_speaks_of_issues(runs, tmp_path):
-    from kx_utils.pipeline import NOTEBOOKS
+    from kx_utils.orchestration.pipeline import NOTEBOOKS
     docs = {nb: document(nb, wall=10.0) for nb in NOTEBOOKS}
     docs["01_victims"]["notes"] = [f"decoded images cached in {REPO_ROOT / '.kx_cache' / 'decoded'}"]
     docs["03_detection"]["tables"]["filter"] = {"caltech": {"detector": f"{tmp_path}/runs/x", "benign_queries": 3}}

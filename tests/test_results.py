@@ -1,7 +1,7 @@
-"""kx_utils.results.NotebookRun: where a notebook's results go, and what its last line shows."""
+"""kx_utils.orchestration.run_results.NotebookRun: where a notebook's results go, and what its last line shows."""
 
 from kx_utils import get_profile
-from kx_utils.results import NotebookRun, read_results
+from kx_utils.orchestration.run_results import NotebookRun, read_results
 
 
 def test_save_writes_the_document_at_run_path_and_shows_nothing(tmp_path):

@@ -1,11 +1,17 @@
-"""kx_utils.seeds: which seeds an experiment runs, and the mean / per-seed columns of its rows."""
+"""kx_utils.config.seeds: which seeds an experiment runs, and the mean / per-seed columns of its rows."""
 
 import statistics
 
 import pytest
 
-from kx_utils.profiles import get_profile
-from kx_utils.seeds import SEEDED_EXPERIMENTS, mean_curve, seeded, seeded_columns, seeds_for
+from kx_utils.config.profiles import get_profile
+from kx_utils.config.seeds import (
+    SEEDED_EXPERIMENTS,
+    mean_curve,
+    seeded,
+    seeded_columns,
+    seeds_for,
+)
 
 
 def _profile(seeds=(0, 1, 2), single=("table7_bs16",)):

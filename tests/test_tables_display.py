@@ -1,10 +1,15 @@
-"""kx_utils.tables as a notebook reader sees them: readable headers, no column that is always empty,
+"""kx_utils.report.side_by_side as a notebook reader sees them: readable headers, no column that is always empty,
 and the Knockoff paper's own numbers as a table of their own."""
 
 import re
 
-from kx_utils import paper
-from kx_utils.tables import formatted, measure_table, paper_table, side_by_side
+from kx_utils.report import paper
+from kx_utils.report.side_by_side import (
+    formatted,
+    measure_table,
+    paper_table,
+    side_by_side,
+)
 
 
 def _header_rows(frame) -> list[list[str]]:

@@ -1,11 +1,17 @@
-"""kx_utils.tables: the standard deviation over seeds (``<measure>_seeds``) beside the mean."""
+"""kx_utils.report.side_by_side: the standard deviation over seeds (``<measure>_seeds``) beside the mean."""
 
 import math
 import statistics
 
 import pytest
 
-from kx_utils.tables import formatted, measure_table, seed_sd, side_by_side, to_markdown
+from kx_utils.report.side_by_side import (
+    formatted,
+    measure_table,
+    seed_sd,
+    side_by_side,
+    to_markdown,
+)
 
 # ---------------------------------------------------------------- seed_sd
 

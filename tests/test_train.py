@@ -4,9 +4,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kx_utils.profiles import PAPER_ADAM, PAPER_SGD, Recipe
-from kx_utils.train import (augment_batch, best_epoch, fit, learning_rate, per_class_accuracy,
-                            soft_cross_entropy)
+from kx_utils.config.profiles import PAPER_ADAM, PAPER_SGD, Recipe
+from kx_utils.core.train import (
+    augment_batch,
+    best_epoch,
+    fit,
+    learning_rate,
+    per_class_accuracy,
+    soft_cross_entropy,
+)
 
 
 def test_soft_cross_entropy_matches_hand_computation():
@@ -88,7 +94,7 @@ def test_fit_learns_hard_and_soft_targets():
 
 
 def test_fit_resumes_after_a_kill_to_the_same_result(tmp_path, monkeypatch):
-    import kx_utils.train as kt
+    import kx_utils.core.train as kt
     x, y = _separable()
     recipe = Recipe(epochs=4, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9, milestones=(0.5,))
     torch.manual_seed(0)
@@ -134,7 +140,11 @@ def test_fit_rejects_mismatched_inputs():
 
 
 def test_resized_crop_boxes_follow_torchvisions_random_resized_crop():
-    from kx_utils.train import RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, resized_crop_boxes
+    from kx_utils.core.train import (
+        RESIZED_CROP_RATIO,
+        RESIZED_CROP_SCALE,
+        resized_crop_boxes,
+    )
     boxes = resized_crop_boxes(4000, 256, 256, torch.Generator().manual_seed(0))
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 256).all() and (boxes[:, 3] <= 256).all()
@@ -148,7 +158,7 @@ def test_resized_crop_boxes_follow_torchvisions_random_resized_crop():
 
 
 def test_a_resized_crop_to_the_input_size_samples_inside_its_box():
-    from kx_utils.train import augment_batch
+    from kx_utils.core.train import augment_batch
     x = torch.zeros(64, 1, 32, 32)
     x[:, :, :, 16:] = 1.0  # left half 0, right half 1
     out = augment_batch(x, "resized_crop", torch.Generator().manual_seed(1), out_size=28)
@@ -161,9 +171,9 @@ def test_a_resized_crop_to_the_input_size_samples_inside_its_box():
 
 
 def test_the_paper_profile_sees_centre_crops_of_a_larger_decode_as_the_knockoff_code():
-    from kx_utils.profiles import get_profile
-    from kx_utils.imagefolder import centre_crop
-    from kx_utils.victims import stored_side, victim_recipe
+    from kx_utils.config.profiles import get_profile
+    from kx_utils.data.imagefolder import centre_crop
+    from kx_utils.experiments.victims import stored_side, victim_recipe
     paper, mini = get_profile("paper"), get_profile("mini")
     assert stored_side(paper, 224) == 256 and stored_side(mini, 48) == 48
     assert victim_recipe(paper, "caltech").augment == "resized_crop_flip"

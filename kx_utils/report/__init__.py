@@ -20,13 +20,44 @@ The folder is built aside and swapped in whole (:mod:`.writer`).
 
 from __future__ import annotations
 
-from ..results import CorruptResultsError
-from .claims import CLAIMS, Claim, ClaimResult, Judgement, check_claims, claims_text, verdict
+from ..orchestration.run_results import CorruptResultsError
+from .claims import (
+    CLAIMS,
+    Claim,
+    ClaimResult,
+    Judgement,
+    check_claims,
+    claims_text,
+    verdict,
+)
 from .figures import budget_curves, figure1, figure2, save_figure, table2_curves
 from .markdown import render_report
-from .noise import FAILS, HOLDS, INCONCLUSIVE, NOISE_RULE, NOT_EVALUATED, Comparison, Measure, compare
-from .results import PRODUCER, MissingData, Results, load_all, paper_results, victim_names
-from .tables import OURS_ONLY_TABLES, TABLE_SPECS, TableSpec, build_tables, frame_to_csv, frame_to_markdown
+from .noise import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    NOISE_RULE,
+    NOT_EVALUATED,
+    Comparison,
+    Measure,
+    compare,
+)
+from .results import (
+    PRODUCER,
+    MissingData,
+    Results,
+    load_all,
+    paper_results,
+    victim_names,
+)
+from .tables import (
+    OURS_ONLY_TABLES,
+    TABLE_SPECS,
+    TableSpec,
+    build_tables,
+    frame_to_csv,
+    frame_to_markdown,
+)
 from .writer import ReportOutcome, default_output, write_report
 
 __all__ = [

@@ -11,8 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from .noise import (FAILS, HOLDS, INCONCLUSIVE, Comparison, Measure, average, compare, every, most, point, rate,
-                    recovery, tally)
+from .noise import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    Comparison,
+    Measure,
+    average,
+    compare,
+    every,
+    most,
+    point,
+    rate,
+    recovery,
+    tally,
+)
 from .results import Getter, MissingData, Names, num, pct, test_size, value_of
 
 

@@ -16,7 +16,15 @@ from . import diagnoses as D
 from .checks import Check, Judgement
 from .diagnoses import Diagnosis
 from .noise import FAILS, HOLDS, NOT_EVALUATED, Comparison
-from .results import Getter, MissingData, Names, Results, paper_getter, paper_victim_names, victim_names
+from .results import (
+    Getter,
+    MissingData,
+    Names,
+    Results,
+    paper_getter,
+    paper_victim_names,
+    victim_names,
+)
 
 
 @dataclass(frozen=True)

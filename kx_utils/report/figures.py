@@ -54,7 +54,7 @@ def gap_indices(data: Mapping, classes: list[str], victim: list[float], surrogat
 def figure1(data: Mapping, victim_label: str | None = None):
     """Transfer-set histogram per predicted class, with per-class test accuracy of victim and surrogate.
 
-    ``data`` is notebook 04's ``figure1`` (:func:`kx_utils.experiments.figure1_data`).
+    ``data`` is notebook 04's ``figure1`` (:func:`kx_utils.experiments.section5.figure1_data`).
     """
     import seaborn as sns
     from matplotlib.lines import Line2D
@@ -113,7 +113,7 @@ def figure2(data: Mapping, title: str = "Figure 2 — surrogate accuracy over ep
     """Surrogate test accuracy over the epochs per victim: the best epoch starred, the attacker's
     validation accuracy dashed and its validation-selected epoch circled where measured.
 
-    ``data`` is notebook 05's ``figure2`` (:func:`kx_utils.experiments.curve_entry` per victim); a
+    ``data`` is notebook 05's ``figure2`` (:func:`kx_utils.experiments.section5.curve_entry` per victim); a
     victim with ``test_acc_per_epoch_seeds`` is drawn as the mean with a band of one sd over seeds.
     """
     import seaborn as sns

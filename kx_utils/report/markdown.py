@@ -15,10 +15,10 @@ from typing import Mapping
 
 import pandas as pd
 
-from .. import paper
-from ..artifacts import REPO_ROOT
-from ..data import dataset_info
-from ..pipeline import NOTEBOOKS, format_seconds
+from ..data.datasets import dataset_info
+from ..orchestration.pipeline import NOTEBOOKS, format_seconds
+from ..runtime.artifacts import REPO_ROOT
+from . import paper
 from .claims import ClaimResult
 from .noise import MARGIN, NOISE_RULE, NOT_EVALUATED, Comparison, show_difference
 from .results import DATA_NOT_PRESENT, PRODUCER, Results
@@ -229,8 +229,8 @@ def seeds_line(settings: Mapping) -> str:
 
 
 def standin_lines(settings: Mapping) -> list[str]:
-    from ..data import DATASETS
-    from ..models import SHORT_NAMES
+    from ..core.models import SHORT_NAMES
+    from ..data.datasets import DATASETS
 
     standins = settings.get("standins", False)
     sizes = settings.get("image_size", {})

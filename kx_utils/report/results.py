@@ -1,8 +1,8 @@
 """The notebooks' JSON results as the report reads them, and the paper's numbers under the same keys.
 
-Each notebook writes ``runs/<profile>/<notebook>.json`` (:class:`kx_utils.results.NotebookRun`).
+Each notebook writes ``runs/<profile>/<notebook>.json`` (:class:`kx_utils.orchestration.run_results.NotebookRun`).
 :func:`load_all` reads every one that exists; a file that exists but cannot be read as a
-results document is an error naming it (:class:`~kx_utils.results.CorruptResultsError`),
+results document is an error naming it (:class:`~kx_utils.orchestration.run_results.CorruptResultsError`),
 never a silently missing notebook.  :class:`Results` finds a table, figure or value by key
 in the notebook that produces it (:data:`PRODUCER`); a missing one raises
 :class:`MissingData`, which the report turns into "not evaluated" / "not produced".
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .. import paper
-from ..data import dataset_info
-from ..pipeline import NOTEBOOKS, load_state, run_dir
-from ..profiles import get_profile
-from ..results import CorruptResultsError, read_results, results_path
+from ..config.profiles import get_profile
+from ..data.datasets import dataset_info
+from ..orchestration.pipeline import NOTEBOOKS, load_state, run_dir
+from ..orchestration.run_results import CorruptResultsError, read_results, results_path
+from . import paper
 
 # where each result lives: key -> notebook (looked up in its tables, figures and values)
 PRODUCER = {
@@ -40,7 +40,7 @@ PRODUCER = {
     "section_5_2_2": "06_in_distribution",
 }
 DOCUMENT_PARTS = ("tables", "figures", "values")
-# results that need a dataset a profile may go without (kx_utils.data.DatasetInfo.standin_optional)
+# results that need a dataset a profile may go without (kx_utils.data.datasets.DatasetInfo.standin_optional)
 NEEDS_DATA = {"section_5_1_3": "diabetic5"}
 DATA_NOT_PRESENT = "data not present"
 
@@ -131,7 +131,7 @@ def _checked(document: dict, path: Path) -> dict:
 def load_all(profile_name: str, runs: str | os.PathLike | None = None) -> Results:
     """Every notebook result of ``profile_name`` that exists.
 
-    Raises :class:`~kx_utils.results.CorruptResultsError` (naming the file) for a results
+    Raises :class:`~kx_utils.orchestration.run_results.CorruptResultsError` (naming the file) for a results
     file that exists but is not a readable results document.
     """
     get_profile(profile_name)  # an unknown profile is an error here, not an empty report
@@ -147,7 +147,7 @@ def load_all(profile_name: str, runs: str | os.PathLike | None = None) -> Result
 
 
 def _dataset_of(victim_key: str) -> str | None:
-    from ..victims import VICTIMS
+    from ..experiments.victims import VICTIMS
 
     spec = VICTIMS.get(victim_key)
     return spec.dataset if spec else None
@@ -192,7 +192,7 @@ Names = Mapping[str, str]
 
 def victim_names(results: Results) -> dict[str, str]:
     """Victim key -> this profile's name (``CIFAR10-MNV2``), from the results, else the profile."""
-    from ..victims import VICTIMS, victim_name
+    from ..experiments.victims import VICTIMS, victim_name
 
     profile = get_profile(results.profile)
     profile = profile.replace(backbone=results.profile_settings().get("backbone") or profile.backbone)
@@ -205,7 +205,7 @@ def victim_names(results: Results) -> dict[str, str]:
 
 
 def paper_victim_names() -> dict[str, str]:
-    from ..victims import VICTIMS, victim_name
+    from ..experiments.victims import VICTIMS, victim_name
 
     return {k: victim_name(get_profile("paper"), k) for k in VICTIMS}
 

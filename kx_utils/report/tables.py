@@ -2,7 +2,7 @@
 
 :data:`TABLE_SPECS` lists Tables 1-7 and the single-number experiments of Sections 5.1.3
 and 5.2.2; :func:`build_tables` builds each one that the results allow as a DataFrame
-(:func:`kx_utils.tables.side_by_side`, or :func:`kx_utils.tables.measure_table` for the
+(:func:`kx_utils.report.side_by_side.side_by_side`, or :func:`kx_utils.report.side_by_side.measure_table` for the
 sections), and :func:`frame_to_csv` / :func:`frame_to_markdown` write them: CSV holds raw
 values (fractions), Markdown percentages.
 """
@@ -15,10 +15,10 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
-from .. import paper
-from ..tables import measure_table, side_by_side, to_markdown
+from . import paper
 from .checks import batch_columns
 from .results import DATA_NOT_PRESENT, MissingData, Results, paper_results, victim_names
+from .side_by_side import measure_table, side_by_side, to_markdown
 
 # Table 4 in long form: one row per victim and method, so every method fits beside the paper
 TABLE4_METHODS = (("ours", "ours"), ("msp", "MSP"), ("odin_published", "ODIN (published)"),
@@ -40,7 +40,7 @@ class TableSpec:
 
 
 def _table1_inputs(ours, paper_rows, names, spec):
-    from ..data import DATASETS
+    from ..data.datasets import DATASETS
 
     names = {k: DATASETS[k].paper_name if k in DATASETS else k for k in {*ours, *paper_rows}}
     return ours, paper_rows, None, names, spec
@@ -238,7 +238,7 @@ PLANNED_VICTIMS = {"table7": lambda settings: (settings.get("section5") or {}).g
 def not_present_rows(results: Results, row_names: Mapping[str, str], table: str = "") -> set[str]:
     """The shown names of the rows whose data was not present: victims (``diabetic5``, and Table 4's
     ``diabetic5/<method>``) or datasets (Table 1) the notebooks ran without, among those the table covers."""
-    from ..victims import VICTIMS
+    from ..experiments.victims import VICTIMS
 
     absent = set(results.data_not_present)
     keys = absent | {k for k, spec in VICTIMS.items() if spec.dataset in absent}
@@ -276,5 +276,5 @@ def frame_to_csv(frame: pd.DataFrame) -> str:
 
 
 def frame_to_markdown(frame: pd.DataFrame) -> str:
-    """Percentages for rates, percentage points for their differences (:func:`kx_utils.tables.to_markdown`)."""
+    """Percentages for rates, percentage points for their differences (:func:`kx_utils.report.side_by_side.to_markdown`)."""
     return to_markdown(frame)

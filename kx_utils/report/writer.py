@@ -13,8 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import paper
-from ..artifacts import REPO_ROOT, atomic_write_text
+from ..runtime.artifacts import REPO_ROOT, atomic_write_text
+from . import paper
 from .claims import ClaimResult, check_claims
 from .figures import budget_curves, figure1, figure2, save_figure, table2_curves
 from .markdown import render_report
@@ -30,7 +30,9 @@ def default_output(profile_name: str) -> Path:
 
 
 def _default_output(profile_name: str) -> Path:
-    from kx_utils import report  # looked up on the package at call time, so a caller can redirect it
+    from .. import (
+        report,  # looked up on the package at call time, so a caller can redirect it
+    )
 
     return report.default_output(profile_name)
 
