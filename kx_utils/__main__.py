@@ -206,7 +206,7 @@ def _overrides(text: str | None) -> dict:
 
 
 def _plan(profile_name: str, overrides: dict, bench: str | None = None, gpus=(1, 8)) -> int:
-    from .orchestration.pipeline import plan
+    from .orchestration.plan import plan
     from .orchestration.projection import Throughput, load_bench, project
 
     profile = get_profile(profile_name, **overrides)
@@ -243,9 +243,9 @@ def _data_present(profile_name: str, overrides: dict, partial: bool) -> bool:
 
     With ``--only`` a missing item is a warning: the chosen notebooks may not need it.
     """
-    from .orchestration import pipeline
+    from .orchestration import plan
 
-    result = pipeline.plan(get_profile(profile_name, **overrides))
+    result = plan.plan(get_profile(profile_name, **overrides))
     if result.ok:
         return True
     listing = "\n".join(f"  MISSING  {m}" for m in result.missing)

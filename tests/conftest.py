@@ -190,8 +190,9 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(autouse=True)
 def forget_decoded_sets():
-    """Every test starts without the decoded sets an earlier test's process kept (kx_utils.data.datasets.remembered)."""
-    from kx_utils.data.datasets import forget_remembered
-    forget_remembered()
+    """Every test starts without what an earlier test's process kept in memory: the decoded sets, the Section 4
+    sets, the frozen backbones, the fitted Gaussians (every memo of kx_utils.runtime.memo)."""
+    from kx_utils.runtime.memo import forget_all
+    forget_all()
     yield
-    forget_remembered()
+    forget_all()

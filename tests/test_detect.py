@@ -253,15 +253,52 @@ def test_sets_keep_judged_queries_and_validation_samples_apart(detection_profile
     assert len(data.in_tune) + len(data.in_fit) == len(data.in_train)
 
 
+def _tpr_at_tnr_by_definition(s_in, s_ood, tnr: float) -> float:
+    """Of the thresholds t that pass (score <= t) at least ``tnr`` of the in-distribution scores, the lowest
+    (-inf, or one of those scores: nothing else changes a rate); the share of OOD scores above it."""
+    s_in, s_ood = [float(v) for v in s_in], [float(v) for v in s_ood]
+    t = min(t for t in [float("-inf"), *s_in] if sum(v <= t for v in s_in) >= tnr * len(s_in) - 1e-9)
+    return sum(v > t for v in s_ood) / len(s_ood)
+
+
+def _auroc_by_pairs(s_in, s_ood) -> float:
+    """P(an OOD score above an in-distribution one), a tie counted one half: every pair counted."""
+    s_in, s_ood = [float(v) for v in s_in], [float(v) for v in s_ood]
+    return sum((o > i) + 0.5 * (o == i) for o in s_ood for i in s_in) / (len(s_in) * len(s_ood))
+
+
 def test_table4_columns_use_our_tnr_and_the_same_images(detection_profile):
     result = E.table4_result(detection_profile, "cifar10")
+    data = E.detection_data(detection_profile, "cifar10")
+    victim = E.get_victim(detection_profile, "cifar10")
+    detector = E.get_detector(detection_profile, "cifar10")
+    model = victim.model.eval()
+
+    @torch.no_grad()
+    def msp(images):  # MSP of each set, computed here: the columns score the sets they say
+        x = (images.float() / 255).to(next(model.parameters()).device)
+        return (1 - torch.softmax(model(x), 1).max(1).values).cpu()
+
     for ood, row in (("imagenet", result.row_a), ("openimages", result.row_b)):
-        s = result.scores[ood]
-        assert len(s["in"]["ours"]) == row["in_test"] and all(len(v) == row["in_test"] for v in s["in"].values())
+        s, measured = result.scores[ood], getattr(data, E.OOD_SETS[ood])
+        assert len(s["in"]["ours"]) == row["in_test"] == len(data.in_test) and row["ood_test"] == len(measured)
+        assert all(len(v) == row["in_test"] for v in s["in"].values())
+        assert torch.allclose(s["in"]["msp"], msp(data.in_test.images), atol=1e-5)
+        assert torch.allclose(s["ood"]["msp"], msp(measured.images), atol=1e-5)
+        assert torch.equal(s["in"]["ours"], detector.score(data.in_test.images))
+        assert torch.equal(s["ood"]["ours"], detector.score(measured.images))
+        # our TNR is the share of the victim's test images our detector passes (P(OOD) <= 0.5) ...
+        ours_tnr = sum(float(v) <= detector.threshold for v in s["in"]["ours"]) / row["in_test"]
+        assert row["ours_tnr"] == pytest.approx(ours_tnr, abs=1e-12)
+        assert row["ours_tpr"] == pytest.approx(sum(float(v) > 0.5 for v in s["ood"]["ours"]) / len(measured), abs=1e-12)
+        # ... and every baseline is read at it, at 95%, and over all thresholds, from its definition
         for method in E.BASELINE_COLUMNS:
-            assert row[f"{method}_tpr_at_ours"] == D.tpr_at_tnr(s["in"][method], s["ood"][method], row["ours_tnr"])
-            assert row[f"{method}_tpr_at_95"] == D.tpr_at_tnr(s["in"][method], s["ood"][method], 0.95)
-            assert row[f"{method}_auroc"] == D.auroc(s["in"][method], s["ood"][method])
+            assert row[f"{method}_tpr_at_ours"] == pytest.approx(
+                _tpr_at_tnr_by_definition(s["in"][method], s["ood"][method], ours_tnr), abs=1e-12), method
+            assert row[f"{method}_tpr_at_95"] == pytest.approx(
+                _tpr_at_tnr_by_definition(s["in"][method], s["ood"][method], 0.95), abs=1e-12), method
+            assert row[f"{method}_auroc"] == pytest.approx(_auroc_by_pairs(s["in"][method], s["ood"][method]),
+                                                           abs=1e-12), method
         assert row["classes_dropped"] == 0
     fair, published = result.tuning["fair"], result.tuning["published_imagenet"]
     assert fair["tuning_ood"] == 10 and published["tuning_ood"] == len(

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kx_utils import get_profile
+from kx_utils.experiments.registry import Task
 from kx_utils.orchestration.executors import (
     RayExecutor,
     ThrottledProgress,
@@ -19,7 +20,6 @@ from kx_utils.orchestration.executors import (
     make_executor,
     run_grid,
 )
-from kx_utils.orchestration.grid import Task
 
 
 class FakeRay(types.ModuleType):

@@ -4,6 +4,12 @@ import pytest
 import torch
 
 from kx_utils.experiments.attack import KnockoffResult, knockoff
+from kx_utils.experiments.in_distribution import (
+    flagged_share,
+    in_distribution_budget,
+    select_by_validation,
+    validation_grid,
+)
 from kx_utils.experiments.section5 import (
     Section5Plan,
     attack_formats,
@@ -13,15 +19,11 @@ from kx_utils.experiments.section5 import (
     equal_steps_control,
     equal_steps_epochs,
     figure1_data,
-    flagged_share,
     format_row,
-    in_distribution_budget,
     knockoff_row,
     largest_gaps,
     section5_plan,
-    select_by_validation,
     transfer_answers,
-    validation_grid,
 )
 
 

@@ -30,6 +30,7 @@ from kx_utils.data.datasets import (
 from kx_utils.experiments.attack import BudgetError, sample_transfer_set
 from kx_utils.experiments.victims import get_victim
 from kx_utils.orchestration import pipeline as pl
+from kx_utils.orchestration import plan as planning
 from kx_utils.orchestration.pipeline import RunInProgress, reproduce
 from kx_utils.runtime import integrity
 from kx_utils.runtime.artifacts import DiskFullError, artifact_kind
@@ -191,7 +192,7 @@ def test_a_full_disk_stops_reproduce_with_a_message_and_no_partial_state(tmp_pat
     runs = tmp_path / "runs"
     monkeypatch.setenv("KX_RUNS", str(runs))
     monkeypatch.setenv("KX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(pl, "plan", lambda profile: pl.Plan(profile.name))  # data and weights present
+    monkeypatch.setattr(planning, "plan", lambda profile: planning.Plan(profile.name))  # data and weights present
     monkeypatch.setattr(pl, "papermill_execute", FakeExecute())
     monkeypatch.setattr(os, "fsync", _no_space)
     assert cli.main(["reproduce", "--profile", "smoke", "--no-report"]) == 1
@@ -248,7 +249,7 @@ def test_a_killed_holder_releases_the_cache_and_the_cli_exits_3_while_it_lives(n
     monkeypatch.setenv("KX_CACHE", str(cache))
     monkeypatch.setenv("KX_RUNS", str(tmp_path / "runs"))
     monkeypatch.setattr(pl, "NOTEBOOK_DIR", notebooks)
-    monkeypatch.setattr(pl, "plan", lambda profile: pl.Plan(profile.name))
+    monkeypatch.setattr(planning, "plan", lambda profile: planning.Plan(profile.name))
     monkeypatch.setattr(pl, "papermill_execute", FakeExecute())
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""

@@ -25,6 +25,7 @@ from kx_utils.data import fetch as kf
 from kx_utils.data.fetch import archives, build, standins
 from kx_utils.data.fetch.archives import Archive
 from kx_utils.orchestration import pipeline as pl
+from kx_utils.orchestration import plan as planning
 from tests.fetch_mirror import SIZES, TABLES, expected_counts, write_mirror
 
 REPO = Path(__file__).resolve().parent.parent
@@ -299,7 +300,7 @@ def test_a_killed_build_leaves_no_folder_and_is_never_used(mirror, tmp_path, mon
     leftover.mkdir(parents=True)
     (leftover / "00000_00000.png").write_bytes(b"half")
     monkeypatch.setenv("KX_DATA", str(dest))
-    plan = pl.plan(pl.get_profile("mini"))
+    plan = planning.plan(pl.get_profile("mini"))
     assert any(m.startswith("dataset GTSRB (gtsrb) split train: dataset folder") and "data fetch --profile mini" in m
                for m in plan.missing)
     with pytest.raises(kd.DatasetNotFoundError, match=str(dest / "gtsrb" / "train")):
@@ -316,7 +317,7 @@ def test_a_fetched_folder_that_lost_files_is_refused_until_rebuilt(mirror, tmp_p
     state = kf.standin_states(dest, str(mirror / "subsets"))["cifar10"]
     assert state.state == "damaged" and state.problems == ["test/airplane holds 0 images, expected 1"]
     monkeypatch.setenv("KX_DATA", str(dest))
-    plan = pl.plan(pl.get_profile("mini"))
+    plan = planning.plan(pl.get_profile("mini"))
     assert not plan.ok and any(f"dataset folder {dest / 'cifar10'} is damaged" in m and "--rebuild" in m
                                for m in plan.missing)
     outcome = fetch_quietly(dest, options(mirror, mirror))

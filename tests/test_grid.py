@@ -16,10 +16,11 @@ from kx_utils.experiments.attack import (
     knockoff,
     surrogate_settings,
 )
-from kx_utils.experiments.section5 import section5_attack
+from kx_utils.experiments.registry import Task
+from kx_utils.experiments.section5 import Section5Settings
 from kx_utils.experiments.victims import PRETRAINED_VICTIMS, VICTIM
 from kx_utils.orchestration.executors import SerialExecutor, make_executor, run_grid
-from kx_utils.orchestration.grid import Task, grid_tasks, missing_tasks
+from kx_utils.orchestration.grid import grid_tasks, missing_tasks
 
 
 def test_surrogate_settings_are_the_key_knockoff_stores(tiny_profile, store):
@@ -59,9 +60,18 @@ def test_grid_tasks_follow_the_profile_plan():
     # Table 2 queries the whole pool, so the budget curve's last point ("all") is Table 2's seed-0 run
     assert mini.transfer_budget == 12000 and "all" in mini.section5.budget_curve_budgets
     assert "surrogate/budget/caltech/all/seed0" not in tasks and "surrogate/budget/caltech/6000/seed0" in tasks
-    keys = [t.artifact(mini) for t in tasks.values() if t.function == "kx_utils.experiments.attack:knockoff"]
-    digests = [str(sorted(k[1].items())) for k in keys if k]
-    assert len(digests) == len(set(digests))  # no surrogate is trained twice
+    # no surrogate is trained twice, and none is missing: mini's distinct surrogate keys, counted by hand.
+    # Table 2: 5 pretrained victims x 3 seeds = 15; Table 5: 4 victims x 3 seeds = 12; Table 6's probability
+    # surrogates: 3 x 3 = 9; Table 7: 3 victims x (bs16 on seed 0, bs128 and bs256 on 3 seeds, the bs256 equal-steps
+    # control on seed 0) = 24, its bs64 being Table 5's run; the budget curve: 3 victims x 3 budgets on seed 0 = 9,
+    # its "all" being Table 2's run
+    from kx_utils.runtime.artifacts import settings_key
+    knockoffs = [t for t in tasks.values() if t.function == "kx_utils.experiments.attack:knockoff"]
+    keys = {t.name: t.artifact(mini)[1] for t in knockoffs}
+    assert len(knockoffs) == len({settings_key(k) for k in keys.values()}) == 15 + 12 + 9 + 24 + 9
+    # the key Table 7's batch size 64 asks for (its bs128 run's arguments at batch size 64) is one task's: Table 5's
+    bs64 = surrogate_settings(mini, "gtsrb", **{**tasks["surrogate/table7/gtsrb/bs128/seed0"].kwargs, "batch_size": 64})
+    assert [name for name, key in keys.items() if key == bs64] == ["surrogate/table5/gtsrb/seed0"]
     order = list(tasks)
     for task in tasks.values():  # dependencies come first
         assert all(order.index(d) < order.index(task.name) for d in task.after)
@@ -71,8 +81,8 @@ def test_grid_tasks_follow_the_profile_plan():
 def test_every_task_describes_itself_as_json_for_grid_json(name):
     tasks = grid_tasks(get_profile(name))
     described = json.loads(json.dumps([t.describe() for t in tasks]))  # a Recipe among the args raised here
-    pair = next(d for d in described if d["function"] == "kx_utils.orchestration.grid:section_5_1_3_pair")
-    recipe = section5_attack(get_profile(name), get_profile(name).section5)["recipe"]
+    pair = next(d for d in described if d["function"] == "kx_utils.experiments.section5:section_5_1_3_pair")
+    recipe = Section5Settings.resolve(get_profile(name)).recipe
     assert pair["args"][1] == json.loads(json.dumps(recipe.as_dict()))
 
 
@@ -185,7 +195,8 @@ def test_ray_reports_a_failed_task_and_runs_the_rest(tmp_path, monkeypatch):
 
 
 def test_a_failed_task_holds_back_the_notebooks_that_need_it_and_what_waits_on_it():
-    from kx_utils.orchestration.grid import Task, notebooks_needing
+    from kx_utils.experiments.registry import Task
+    from kx_utils.orchestration.grid import notebooks_needing
     tasks = [Task("victim/caltech", "01_victims", "m:f"), Task("surrogate/x", "02_knockoff", "m:f", after=("victim/caltech",)),
              Task("detection/t4", "03_detection", "m:f", after=("victim/caltech",), also_for=("06_in_distribution",)),
              Task("surrogate/y", "05_hyperparameters", "m:f")]

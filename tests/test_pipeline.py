@@ -14,6 +14,7 @@ from papermill.exceptions import PapermillExecutionError
 from kx_utils import __main__ as cli
 from kx_utils import report as rp
 from kx_utils.orchestration import pipeline as pl
+from kx_utils.orchestration import plan as planning
 from kx_utils.orchestration.pipeline import (
     NOTEBOOKS,
     NotebookFailed,
@@ -264,7 +265,7 @@ def standin_data(root: Path, leave_out: str | None = None) -> Path:
 def test_plan_passes_when_everything_is_there(tmp_path, monkeypatch):
     monkeypatch.setenv("KX_DATA", str(standin_data(tmp_path / "data")))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the weights come from their packages
-    p = pl.plan(pl.get_profile("mini"))
+    p = planning.plan(pl.get_profile("mini"))
     assert p.missing == [] and p.ok, p.text()
     for folder in STANDIN_FOLDERS:
         assert any(line.endswith(str(tmp_path / "data" / folder)) for line in p.present), folder
@@ -276,13 +277,13 @@ def test_plan_passes_when_everything_is_there(tmp_path, monkeypatch):
 def test_plan_fails_when_one_folder_or_weight_file_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("KX_DATA", str(standin_data(tmp_path / "data", leave_out="ood_web/test")))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    p = pl.plan(pl.get_profile("mini"))
+    p = planning.plan(pl.get_profile("mini"))
     assert not p.ok and len(p.missing) == 1
     assert "OpenImages" in p.missing[0] and str(tmp_path / "data" / "ood_web" / "test") in p.missing[0]
 
     import kx_utils.core.models
     monkeypatch.setattr(kx_utils.core.models, "_packaged_weights", lambda arch: None)  # no weight package
-    p = pl.plan(pl.get_profile("mini"))
+    p = planning.plan(pl.get_profile("mini"))
     assert not p.ok and len(p.missing) == 3
     assert any(m.startswith("ImageNet weights of mobilenet_v2: ") for m in p.missing)
     assert any(m.startswith("ImageNet weights of efficientnet_lite0: ") for m in p.missing)
@@ -290,18 +291,18 @@ def test_plan_fails_when_one_folder_or_weight_file_is_missing(tmp_path, monkeypa
 
 def test_plan_states_the_profiles_own_section5_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("KX_DATA", str(tmp_path))
-    text = pl.plan(pl.get_profile("mini")).text()
+    text = planning.plan(pl.get_profile("mini")).text()
     assert "Table 7: 3 victims x batch sizes 16, 64, 128, 256 (1,000 queries, 5 epochs)" in text
     assert "Figure 2: caltech, cifar10, gtsrb with 12,000 queries for 6 epochs" in text
     assert "batch sizes 64, 128, 256 x 5 epochs (and the same grid on ImageNet queries)" in text
-    assert "top-1/top-3/rounded answers for every pretrained victim" in text
+    assert "top1/top3/rounded answers for every pretrained victim" in text
     assert "budget curves for caltech, cifar10, gtsrb at 500, 2000, 6000, all queries" in text
     assert "single seed (0) for: extra_formats, table7_bs16, table7_equal_steps, budget_curves" in text
     assert "(1,000 queries, 5 epochs), and bs256 for 20 epochs (bs64's SGD steps)" in text
-    text = pl.plan(pl.get_profile("smoke", section5={"figure2_epochs": 7, "table7_victims": ["cifar10"]})).text()
+    text = planning.plan(pl.get_profile("smoke", section5={"figure2_epochs": 7, "table7_victims": ["cifar10"]})).text()
     assert "Table 7: 1 victims x batch sizes 16, 64" in text and "with 300 queries for 7 epochs" in text
     assert "bs64's SGD steps" not in text  # no batch size above 64: no control
-    text = pl.plan(pl.get_profile("paper")).text()
+    text = planning.plan(pl.get_profile("paper")).text()
     assert "Figure 2: caltech, cifar10, gtsrb_5l with 100,000 queries for 200 epochs" in text
     assert "(and the same grid" not in text and "for every pretrained victim" in text
 
@@ -439,7 +440,7 @@ def test_cli_usage_errors_exit_2_with_a_clear_message(capsys, runs):
 def test_cli_reproduce_runs_then_writes_the_report_and_stops_on_failure(notebooks, runs, tmp_path,
                                                                          monkeypatch, capsys):
     monkeypatch.setattr(pl, "NOTEBOOK_DIR", notebooks)
-    monkeypatch.setattr(pl, "plan", lambda profile: pl.Plan(profile.name))  # data and weights present
+    monkeypatch.setattr(planning, "plan", lambda profile: planning.Plan(profile.name))  # data and weights present
     monkeypatch.setattr(rp, "default_output", lambda profile: tmp_path / "figures" / profile)
     monkeypatch.setattr(pl, "papermill_execute", FakeExecute(fail={"02_knockoff": cell_error("boom")}))
     assert cli.main(["reproduce", "--profile", "smoke"]) == 1
@@ -515,7 +516,7 @@ def test_cli_reproduce_grid_runs_the_notebooks_no_failed_task_blocks_then_report
                                                                                    monkeypatch, capsys):
     """A grid whose Table 4 task failed: 01, 02, 04 and 05 still run and are reported; 03 and 06 wait."""
     monkeypatch.setattr(pl, "NOTEBOOK_DIR", notebooks)
-    monkeypatch.setattr(pl, "plan", lambda profile: pl.Plan(profile.name))
+    monkeypatch.setattr(planning, "plan", lambda profile: planning.Plan(profile.name))
     monkeypatch.setattr(rp, "default_output", lambda profile: tmp_path / "figures" / profile)
     fake = FakeExecute()
     monkeypatch.setattr(pl, "papermill_execute", fake)

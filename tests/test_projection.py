@@ -8,28 +8,37 @@ import pytest
 import torch
 
 from kx_utils import get_profile
-from kx_utils.orchestration.grid import Task
-from kx_utils.orchestration.projection import (
-    HIGH,
+from kx_utils.experiments.registry import (
+    Experiment,
+    Task,
+    UnknownExperiment,
+    registered,
+)
+from kx_utils.experiments.workload import (
     LOGISTIC_BYTES_PER_S,
     LOGISTIC_ITERATIONS,
+    TASK_START_S,
+    UnmodelledCall,
+    Work,
+    call_cost,
+    cpu_work,
+    surrogate_work,
+    task_work,
+)
+from kx_utils.orchestration.projection import (
+    HIGH,
     LOW,
     REFERENCE,
     STATED_CEILING_IMAGES_PER_S,
     STEP_OVERHEAD_S,
-    TASK_START_S,
     Projection,
     Throughput,
-    Work,
-    cpu_work,
     critical_path_order,
     estimated_seconds,
     list_schedule,
     load_bench,
     project,
-    surrogate_work,
     task_seconds,
-    task_work,
 )
 
 
@@ -132,7 +141,7 @@ RESNET34_BENCH = {"device_name": "Test GPU", "timings": [
 
 def _table7(batch: int) -> Task:
     return Task(f"surrogate/table7/caltech/bs{batch}/seed0", "05_hyperparameters", "kx_utils.experiments.attack:knockoff",
-                ("caltech",), {"batch_size": batch, "seed": 0})
+                ("caltech",), {"batch_size": batch, "seed": 0}, experiment="table7")
 
 
 def test_a_batch_16_task_is_costed_at_the_batch_16_rate_when_measured():
@@ -213,9 +222,10 @@ def test_the_dominant_line_by_hand():
 
 
 def test_cpu_work_decodes_once_reloads_after_and_fits_each_detector_once():
-    table4 = Task("detection/table4/caltech", "03_detection", "kx_utils.experiments.detection:table4_result", ("caltech",))
+    table4 = Task("detection/table4/caltech", "03_detection", "kx_utils.experiments.detection:table4_result", ("caltech",),
+                  experiment="table4")
     seen: set = set()
-    first = cpu_work(PAPER, table4, seen)
+    first = cpu_work(PAPER, call_cost(PAPER, table4), seen)
     kinds = [c.kind for c in first]
     assert kinds.count("task starts") == 1 and first[0].seconds == TASK_START_S
     assert "reloads" not in kinds and kinds.count("decoding") == 5  # Caltech train/test, ImageNet x2, OpenImages
@@ -223,8 +233,8 @@ def test_cpu_work_decodes_once_reloads_after_and_fits_each_detector_once():
     n, dim, fits = 23_703 + 90_000, 2048, 10 * 9 + 1
     [logistic] = [c for c in first if c.kind == "logistic regressions"]
     assert logistic.seconds == pytest.approx(fits * LOGISTIC_ITERATIONS * 16 * n * dim / LOGISTIC_BYTES_PER_S)
-    again = cpu_work(PAPER, Task("detection/filter/caltech", "03_detection", "kx_utils.experiments.detection:filter_report",
-                                 ("caltech",)), seen)
+    again = cpu_work(PAPER, call_cost(PAPER, Task("detection/filter/caltech", "03_detection",
+                                                  "kx_utils.experiments.detection:filter_report", ("caltech",))), seen)
     assert {c.kind for c in again} == {"task starts", "reloads"}  # decoded and fitted already
     reload = next(c for c in again if c.kind == "reloads")
     assert reload.amount in {23_703 * 3 * 224 * 224, 90_000 * 3 * 224 * 224}
@@ -239,13 +249,22 @@ def test_a_benchmark_row_without_a_batch_is_refused(tmp_path):
         load_bench(bad)
 
 
-def test_a_task_the_projection_has_no_model_of_is_named(monkeypatch):
+def test_a_task_the_projection_has_no_model_of_is_an_error_never_zero(monkeypatch):
     import kx_utils.orchestration.projection as projection
     smoke = get_profile("smoke", data_root="/nonexistent")
-    extra = Task("detection/new_thing", "03_detection", "kx_utils.experiments.detection:new_thing")
+    # a task of a declared experiment whose call the cost model does not know
+    extra = Task("detection/new_thing", "03_detection", "kx_utils.experiments.detection:new_thing", experiment="table4")
     monkeypatch.setattr(projection, "grid_tasks", lambda profile: [extra])
-    p = project(smoke)
-    assert p.unmodelled == ["detection/new_thing"] and p.total(LOW) == 0.0
-    assert "NOT COSTED (no model of their function here, counted as 0): detection/new_thing" in p.text()
-    monkeypatch.undo()
-    assert project(smoke).unmodelled == []  # every task of today's grid is modelled
+    with pytest.raises(UnmodelledCall, match="detection/new_thing: no cost model of kx_utils.experiments.detection:new"):
+        project(smoke)
+    # a task no experiment declares
+    stray = Task("detection/stray", "03_detection", "kx_utils.experiments.detection:table4_result", ("caltech",))
+    monkeypatch.setattr(projection, "grid_tasks", lambda profile: [stray])
+    with pytest.raises(UnknownExperiment, match="no experiment ''"):
+        project(smoke)
+    # an experiment with tasks but no cost model
+    with registered(Experiment("costless", "03_detection", (), lambda p: "", lambda b: None)):
+        monkeypatch.setattr(projection, "grid_tasks", lambda profile: [Task("x", "03_detection", "m:f",
+                                                                            experiment="costless")])
+        with pytest.raises(UnknownExperiment, match="'costless' declares tasks but no cost model"):
+            project(smoke)

@@ -15,6 +15,7 @@ import pytest
 
 from kx_utils import ProfileError
 from kx_utils import report as rp
+from kx_utils.experiments.registry import producer
 from kx_utils.orchestration.pipeline import NOTEBOOKS
 from kx_utils.report import (
     CLAIMS,
@@ -66,7 +67,7 @@ def claim_result(number: int, **sources) -> rp.ClaimResult:
     """Claim ``number`` evaluated on results holding ``sources`` (key -> data), each in its notebook."""
     docs: dict[str, dict] = {}
     for key, data in sources.items():
-        nb = rp.PRODUCER[key]
+        nb = producer(key)
         part = "figures" if key.startswith("figure") else "values" if key.startswith("section") else "tables"
         docs.setdefault(nb, document(nb))[part][key] = data
     return next(c for c in check_claims(Results("smoke", docs)) if c.claim.number == number)

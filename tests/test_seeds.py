@@ -99,10 +99,19 @@ def test_mean_curve_different_lengths_raise():
 # ---------------------------------------------------------------- seeds_for
 
 
-def test_profile_fields_exist_with_defaults():
-    p = get_profile("smoke")
-    assert isinstance(tuple(p.surrogate_seeds), tuple) and len(p.surrogate_seeds) >= 1
-    assert isinstance(tuple(p.section5.single_seed), tuple)
+def test_each_profile_runs_its_seeds_and_its_single_seed_experiments_on_the_first_only():
+    """The profiles' plans (config/profiles.py), through seeds_for: paper one seed, smoke two, mini three; in
+    smoke and mini the extra formats, batch size 16, the equal-steps control and the budget curves on seed 0."""
+    single = ("extra_formats", "table7_bs16", "table7_equal_steps", "budget_curves")
+    expected = {"paper": ((0,), ()), "smoke": ((0, 1), single), "mini": ((0, 1, 2), single)}
+    for name, (seeds, limited) in expected.items():
+        p = get_profile(name)
+        assert {e: seeds_for(p, e) for e in SEEDED_EXPERIMENTS} == {
+            e: seeds[:1] if e in limited else seeds for e in SEEDED_EXPERIMENTS}, name
+    # a profile that names neither runs the dataclasses' defaults: seed 0, no experiment limited
+    from kx_utils.config.profiles import Profile, Section5Plan
+    assert Profile.__dataclass_fields__["surrogate_seeds"].default == (0,)
+    assert Section5Plan.__dataclass_fields__["single_seed"].default == ()
 
 
 def test_seeds_for_all_seeds_by_default():

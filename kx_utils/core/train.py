@@ -28,10 +28,12 @@ import torch.nn.functional as F
 
 from ..runtime.artifacts import atomic_save, load_verified
 from ..runtime.progress import progress_bar
+from .batching import batched_outputs
 from .devices import autotuned_convolutions, mixed_precision, pick_device
 from .images import to_float
 from .models import split_frozen_prefix
 from .recipe import AUGMENTATIONS, Recipe
+from .selection import best
 
 # Set (to anything) to make every training run an error: `reproduce --grid` runs the notebooks this
 # way after the experiment grid, so a notebook that would train what the grid did not make says so.
@@ -127,22 +129,16 @@ def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: sgd, adam")
 
 
-@torch.no_grad()
 def device_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
                   device: str | torch.device = "auto") -> torch.Tensor:
-    """Logits for uint8 (or [0, 1] float) images, in batches, left on ``device``.
+    """Logits for uint8 (or [0, 1] float) images, in batches (:func:`~kx_utils.core.batching.batched_outputs`:
+    bf16 on CUDA), left on ``device``.
 
     Images already on ``device`` are read in place; others travel one batch at a time.
     """
     device = pick_device(device)
     model.eval().to(device)
-    out = []
-    with autotuned_convolutions(device):
-        for chunk in images.split(batch_size):
-            x = to_float(chunk.to(device)).contiguous(memory_format=torch.channels_last)
-            with mixed_precision(device):
-                out.append(model(x).float())
-    return torch.cat(out) if out else torch.empty(0, device=device)
+    return batched_outputs(model, images, batch_size, device)
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
@@ -302,21 +298,19 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     return history
 
 
-@torch.no_grad()
 def frozen_outputs(prefix: nn.Module, images: torch.Tensor, batch_size: int = 256,
                    device: str | torch.device = "auto") -> torch.Tensor:
-    """``prefix``'s outputs (eval mode) for uint8 images, kept on ``device`` in channels_last float32."""
+    """``prefix``'s outputs (eval mode, float32 also on CUDA: no autocast) for uint8 images, kept on
+    ``device`` in channels_last float32."""
     device = pick_device(device)
     prefix.eval().to(device)
-    with autotuned_convolutions(device):
-        out = [prefix(to_float(chunk.to(device)).contiguous(memory_format=torch.channels_last))
-               for chunk in images.split(batch_size)]
-    return torch.cat(out).contiguous(memory_format=torch.channels_last)
+    return batched_outputs(prefix, images, batch_size, device, autocast=False).contiguous(
+        memory_format=torch.channels_last)
 
 
 def best_epoch(history: list[dict], key: str) -> dict:
-    """The history row with the highest ``key`` (the first such row on ties; rows without ``key`` skipped)."""
+    """The history row with the highest ``key`` (ties: the earliest epoch; rows without ``key`` skipped)."""
     rows = [row for row in history if key in row]
     if not rows:
         raise ValueError(f"no epoch of this history has {key!r}")
-    return max(rows, key=lambda row: (row[key], -row["epoch"]))
+    return best(rows, lambda row: row[key], ties=lambda row: row["epoch"])

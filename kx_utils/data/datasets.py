@@ -16,7 +16,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,7 +23,9 @@ from typing import Callable, Sequence
 import torch
 
 from ..core.images import resize_images
+from ..core.seeded import seeded_generator, seeded_permutation, seeded_subset
 from ..runtime.artifacts import REPO_ROOT, ArtifactStore, artifact_kind, settings_key
+from ..runtime.memo import Memo
 from .imagefolder import (  # noqa: F401
     IMAGE_EXTENSIONS,
     CorruptImageError,
@@ -235,6 +236,12 @@ class ImageSet:
             return self
         return self.subset(per_class_indices(self.labels, n, seed))
 
+    def capped(self, cap: int | None, seed: int) -> "ImageSet":
+        """At most ``cap`` images (all of them when ``cap`` is None), a seeded draw kept in the set's order."""
+        if cap is None or len(self) <= cap:
+            return self
+        return self.subset(seeded_subset(len(self), cap, seed))
+
     def resized(self, size: int) -> "ImageSet":
         if size == self.image_size:
             return self
@@ -253,11 +260,11 @@ class ImageSet:
 
 def per_class_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """Indices of at most ``n`` items of every class, a seeded draw, in ascending order."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)  # one stream, class after class
     chosen = []
     for c in torch.unique(labels).tolist():
         members = torch.nonzero(labels == c).flatten()
-        chosen.append(members[torch.randperm(len(members), generator=gen)[:n]])
+        chosen.append(members[seeded_permutation(len(members), generator=gen)[:n]])
     return torch.sort(torch.cat(chosen)).values if chosen else torch.empty(0, dtype=torch.long)
 
 
@@ -321,12 +328,12 @@ def _download_caltech256(raw: Path, out: Path, test_per_class: int = 25, seed: i
     from torchvision.datasets import Caltech256
     ds = Caltech256(raw, download=True)
     labels = torch.tensor(ds.y)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)  # one stream, class after class
     for c in torch.unique(labels).tolist():
         if ds.categories[c] == CALTECH256_CLUTTER:
             continue  # skipped before its draw, so the other classes' draws do not depend on it
         members = torch.nonzero(labels == c).flatten()
-        members = members[torch.randperm(len(members), generator=gen)]
+        members = members[seeded_permutation(len(members), generator=gen)]
         for j, i in enumerate(members.tolist()):
             split = "test" if j < test_per_class else "train"
             img, _ = ds[i]
@@ -388,7 +395,7 @@ def split_folder(key: str, split: str, standins: bool, root: str | os.PathLike |
     return path
 
 
-_CONTENT_MEMO: dict[tuple[str, str], str] = {}
+_CONTENT_MEMO: Memo[str] = Memo("split content digests")  # (folder, split) -> sha256, for the process
 
 
 def split_content_digest(key: str, split: str, *, standins: bool, root: str | os.PathLike | None = None,
@@ -401,23 +408,22 @@ def split_content_digest(key: str, split: str, *, standins: bool, root: str | os
     of the data re-reads it, and finds the same digest), and memoised for the process.
     """
     path = split_folder(key, split, standins, root)
-    memo_key = (str(path), split)
-    if memo_key in _CONTENT_MEMO:
-        return _CONTENT_MEMO[memo_key]
-    _, samples = list_image_folder(path)
 
-    def compute() -> dict:
-        h = hashlib.sha256()
-        for rel, label in samples:
-            h.update(f"{rel}\0{label}\0".encode())
-            with open(path / rel, "rb") as f:
-                h.update(hashlib.file_digest(f, "sha256").digest())
-        return {"sha256": h.hexdigest(), "files": len(samples)}
+    def digest() -> str:
+        _, samples = list_image_folder(path)
 
-    store = store or ArtifactStore()
-    digest = store.cached(SPLIT_CONTENT, {"signature": folder_signature(path, samples)}, compute)["sha256"]
-    _CONTENT_MEMO[memo_key] = digest
-    return digest
+        def compute() -> dict:
+            h = hashlib.sha256()
+            for rel, label in samples:
+                h.update(f"{rel}\0{label}\0".encode())
+                with open(path / rel, "rb") as f:
+                    h.update(hashlib.file_digest(f, "sha256").digest())
+            return {"sha256": h.hexdigest(), "files": len(samples)}
+
+        return (store or ArtifactStore()).cached(SPLIT_CONTENT, {"signature": folder_signature(path, samples)},
+                                                 compute)["sha256"]
+
+    return _CONTENT_MEMO.get((str(path), split), digest)
 
 
 def class_folders(key: str, split: str, *, standins: bool, root: str | os.PathLike | None = None) -> list[str]:
@@ -485,27 +491,24 @@ def _memory_budget() -> int:
     return physical // 4
 
 
-_REMEMBERED: "OrderedDict[tuple, ImageSet]" = OrderedDict()
+def _bytes_of(images: ImageSet) -> int:
+    return images.images.numel() * images.images.element_size()
+
+
+_REMEMBERED: Memo[ImageSet] = Memo("decoded image sets", max_bytes=lambda: _memory_budget(), size_of=_bytes_of)
 
 
 def remembered(key: tuple, build: Callable[[], ImageSet]) -> ImageSet:
-    """``build()``'s set, built once per process for ``key`` while it fits :func:`_memory_budget`.
+    """``build()``'s set, built once per process for ``key`` while it fits :func:`_memory_budget`
+    (:class:`kx_utils.runtime.memo.Memo`: least recently used out first).
 
     The set is shared between callers: treat its tensors as read-only (every ImageSet method
     returns new tensors)."""
-    if key in _REMEMBERED:
-        _REMEMBERED.move_to_end(key)
-        return _REMEMBERED[key]
-    found = build()
-    budget, size = _memory_budget(), found.images.numel() * found.images.element_size()
-    if size <= budget:
-        _REMEMBERED[key] = found
-        while sum(s.images.numel() * s.images.element_size() for s in _REMEMBERED.values()) > budget:
-            _REMEMBERED.popitem(last=False)
-    return found
+    return _REMEMBERED.get(key, build)
 
 
 def forget_remembered() -> None:
-    """Drop every set :func:`remembered` holds (tests; a process that changes its data)."""
-    _REMEMBERED.clear()
-    _CONTENT_MEMO.clear()
+    """Drop every set :func:`remembered` holds and the split content digests (tests; a process that changes
+    its data).  :func:`kx_utils.runtime.memo.forget_all` empties these and every other memo of the process."""
+    _REMEMBERED.forget()
+    _CONTENT_MEMO.forget()

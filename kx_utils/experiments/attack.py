@@ -18,6 +18,7 @@ from ..config.profiles import Profile, Recipe, evaluation_batch_size
 from ..core.api import PredictionAPI, answered_rows, answers_to_targets, api_description
 from ..core.images import resize_images
 from ..core.models import build_model
+from ..core.seeded import seeded_indices, seeded_permutation
 from ..core.train import (
     best_epoch,
     fit,
@@ -56,14 +57,13 @@ def sample_transfer_set(pool_size: int, budget: int, seed: int, replace: bool = 
     """
     if budget <= 0:
         raise BudgetError(f"the query budget must be positive, got {budget}")
-    gen = torch.Generator().manual_seed(seed)
     if replace:
-        return torch.randint(0, pool_size, (budget,), generator=gen)
+        return seeded_indices(pool_size, budget, seed, replace=True)
     if budget > pool_size:
         raise BudgetError(f"a budget of {budget} queries exceeds the attacker's pool of {pool_size} "
                           "images; lower the budget, enlarge the pool, or ask for sampling with "
                           "replacement explicitly (replace=True)")
-    return torch.randperm(pool_size, generator=gen)[:budget]
+    return seeded_indices(pool_size, budget, seed)
 
 
 def default_pool_split(profile: Profile, pool: str) -> str:
@@ -93,10 +93,7 @@ def attacker_pool(profile: Profile, pool: str = "imagenet", split: str | None = 
                              tuple(content.values())), concatenated)
     else:
         images = load_dataset_split(profile, pool, split, size, store=store)
-    if profile.pool_size is not None and len(images) > profile.pool_size:
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(profile.seed))
-        images = images.subset(torch.sort(keep[:profile.pool_size]).values)
-    return images
+    return images.capped(profile.pool_size, profile.seed)
 
 
 def query_settings(profile: Profile, victim: Victim, pool: str, split: str, budget: int,
@@ -357,7 +354,7 @@ def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, an
     test = victim_test_set(profile, victim.key, pool_images.image_size, store)
     eval_sets = {"test": (test.images, test.labels)}
     if validation_fraction > 0:
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 1))
+        order = seeded_permutation(len(images), seed + 1)
         n_val = max(1, int(round(validation_fraction * len(images))))
         val_idx, train_idx = order[:n_val], order[n_val:]
         eval_sets["val"] = (images[val_idx], targets[val_idx].argmax(1))

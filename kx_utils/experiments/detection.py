@@ -24,15 +24,15 @@ import torch
 
 from ..config.profiles import Profile, evaluation_batch_size
 from ..core.api import PredictionAPI
+from ..core.batching import batched_outputs, module_device
 from ..core.detectors import baselines as B
 from ..core.detectors.binary import (
-    IN_LABEL,
-    OOD_LABEL,
     FrozenBackboneLogistic,
     ScratchDetector,
-    batched,
     frozen_backbone,
+    ood_logit,
 )
+from ..core.detectors.layers import stage_names
 from ..core.detectors.rates import (
     auroc,
     fpr_at_tpr,
@@ -41,13 +41,14 @@ from ..core.detectors.rates import (
     true_negative_rate,
 )
 from ..core.models import SHORT_NAMES, weights_identity
+from ..core.selection import best
 from ..core.train import pick_device
 from ..data.datasets import dataset_info
 from ..runtime.artifacts import ArtifactStore, artifact_kind, settings_key
+from ..runtime.memo import Memo
 from .attack import answer_transfer_set
 from .detection_sets import (
     DetectionData,
-    capped,
     detection_data,
     imagenet_pool,
     unseen_mask,
@@ -85,7 +86,7 @@ def cached_outputs(store: ArtifactStore, kind: str, producer: dict, fn: Callable
     found = store.load(kind, settings)
     if found is not None:
         return found["outputs"], True
-    outputs = batched(fn, images, batch_size, device)
+    outputs = batched_outputs(fn, images, batch_size, device).cpu()
     store.save(kind, settings, {"outputs": outputs})
     return outputs, False
 
@@ -175,8 +176,8 @@ def scratch_detector(profile: Profile, victim_key: str, arch: str, starred: bool
     blob = store.load(DETECTOR, settings)
     if blob is None:
         in_train = data.kept(data.in_train) if starred else data.in_train
-        in_train = capped(in_train, profile.detector_scratch_train, profile.seed + 1)
-        ood_train = capped(data.ood_train, profile.detector_scratch_train, profile.seed + 2)
+        in_train = in_train.capped(profile.detector_scratch_train, profile.seed + 1)
+        ood_train = data.ood_train.capped(profile.detector_scratch_train, profile.seed + 2)
         checkpoint = store.scratch_path(DETECTOR, settings, "ckpt")
         detector.fit(in_train.images, ood_train.images, checkpoint=checkpoint, progress=profile.progress)
         store.save(DETECTOR, settings, detector.state())
@@ -197,15 +198,9 @@ def detector_scores(profile: Profile, detector, images: torch.Tensor, store: Art
         return detector.score(images)
     network = detector.network
     logits, _ = cached_outputs(store, DETECTOR_OUTPUTS, {"detector": detector.name},
-                               lambda x: _two_class(network, x),
-                               detector.prepare(images), evaluation_batch_size(profile),
-                               next(network.parameters()).device)
+                               lambda x: ood_logit(network, x),
+                               detector.prepare(images), evaluation_batch_size(profile), module_device(network))
     return torch.sigmoid(logits)
-
-
-def _two_class(network, x):
-    out = network(x)
-    return out[:, OOD_LABEL] - out[:, IN_LABEL]
 
 
 def choose_cv_arch(profile: Profile, store: ArtifactStore | None = None) -> tuple[str, dict]:
@@ -221,8 +216,7 @@ def choose_cv_arch(profile: Profile, store: ArtifactStore | None = None) -> tupl
     data = detection_data(profile, TABLE3_VICTIM, store)
     scores = {arch: cv_detector(profile, TABLE3_VICTIM, arch, True, store, data).info["cv_score"]
               for arch in profile.detector_cv_archs}
-    best = max(profile.detector_cv_archs, key=lambda a: (scores[a], -profile.detector_cv_archs.index(a)))
-    return best, scores
+    return best(profile.detector_cv_archs, scores.__getitem__, ties="first"), scores
 
 
 def get_detector(profile: Profile, victim_key: str, store: ArtifactStore | None = None) -> FrozenBackboneLogistic:
@@ -265,19 +259,21 @@ def table3_rows(profile: Profile, store: ArtifactStore | None = None, victim_key
 
 # ---------------------------------------------------------------- the baselines on the victim model
 
-_GAUSSIANS: dict[str, object] = {}  # fitted Mahalanobis detectors of this process, one per victim
+# fitted Mahalanobis detectors of this process: one victim at a time, per-layer precisions are large
+_GAUSSIANS: Memo["B.Mahalanobis"] = Memo("fitted Mahalanobis Gaussians", max_entries=1)
 
 
 def victim_mahalanobis(profile: Profile, victim: Victim, data: DetectionData) -> "B.Mahalanobis":
     """Lee et al.'s per-layer Gaussians of the victim, fitted on ``data.in_fit`` (not on the tuning images)."""
-    key = settings_key({"victim": victim.settings, "data": data.settings, "shrinkage": profile.mahalanobis_shrinkage})
-    if key not in _GAUSSIANS:
-        model = victim.model.to(pick_device(profile.device)).eval()
-        _GAUSSIANS.clear()  # one victim at a time: per-layer precisions are large
-        _GAUSSIANS[key] = B.Mahalanobis(model, shrinkage=profile.mahalanobis_shrinkage,
-                                        batch_size=min(128, profile.eval_batch_size)).fit(
+    device, batch_size = pick_device(profile.device), min(128, profile.eval_batch_size)
+    key = settings_key({"victim": victim.settings, "data": data.settings, "shrinkage": profile.mahalanobis_shrinkage,
+                        "device": str(device), "batch_size": batch_size})
+
+    def fitted() -> "B.Mahalanobis":
+        model = victim.model.to(device).eval()
+        return B.Mahalanobis(model, shrinkage=profile.mahalanobis_shrinkage, batch_size=batch_size).fit(
             data.in_fit.images, data.in_fit.labels, len(victim.classes))
-    return _GAUSSIANS[key]
+    return _GAUSSIANS.get(key, fitted)
 
 
 def _score_settings(victim: Victim, method: str, params: dict, images: torch.Tensor) -> dict:
@@ -369,7 +365,7 @@ def tune_baselines(profile: Profile, victim: Victim, data: DetectionData, varian
               "odin_tuning_tpr": odin_best["tpr"], "mahalanobis_epsilon": maha_best["epsilon"],
               "mahalanobis_tuning_tpr": maha_best["tpr"], "mahalanobis_ensemble": maha_best["ensemble"],
               "mahalanobis_layer_weights": [float(w) for w in maha_best["ensemble"]["coef"]],
-              "mahalanobis_layers": B.stage_names_of(victim.model),
+              "mahalanobis_layers": stage_names(victim.model),
               "criterion": f"TPR at TNR {profile.baseline_tnr:.0%}", "tuning_in": len(in_images),
               "tuning_ood": len(ood_images), "odin_grid": odin_grid,
               "mahalanobis_grid": [{"epsilon": g["epsilon"], "tpr": g["tpr"]} for g in maha_grid],
@@ -380,11 +376,7 @@ def tune_baselines(profile: Profile, victim: Victim, data: DetectionData, varian
 
 def _best_on_grid(results: list[dict]) -> dict:
     """The grid point with the highest tuning TPR; ties go to the earliest (smallest) values."""
-    best = results[0]
-    for r in results[1:]:
-        if r["tpr"] > best["tpr"]:
-            best = r
-    return best
+    return best(results, lambda r: r["tpr"], ties="first")
 
 
 def baseline_scores(profile: Profile, victim: Victim, data: DetectionData, tuning: dict, images: torch.Tensor,

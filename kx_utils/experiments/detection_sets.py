@@ -17,37 +17,28 @@ In-distribution: the victim's train and test splits.  Out-of-distribution: the a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from ..config.profiles import Profile
+from ..core.seeded import seeded_permutation, seeded_split
 from ..data.datasets import ImageSet, class_folders, dataset_info
 from ..data.overlap import overlapping_class_indices
 from ..runtime.artifacts import ArtifactStore, settings_key
-from .attack import attacker_pool
+from ..runtime.memo import Memo
+from .attack import attacker_pool, default_pool_split
 from .victims import data_content, load_dataset_split, victim_data, victim_spec
-
-
-def seeded_order(n: int, seed: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-
-
-def capped(images: ImageSet, cap: int | None, seed: int) -> ImageSet:
-    """At most ``cap`` images, a seeded draw kept in the split's order."""
-    if cap is None or len(images) <= cap:
-        return images
-    return images.subset(torch.sort(seeded_order(len(images), seed)[:cap]).values)
 
 
 def split_off(images: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
     """``(sample, rest)``: a seeded ``fraction`` of ``images`` (at least one) and the others."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"a validation fraction must lie in (0, 1), got {fraction}")
-    order = seeded_order(len(images), seed)
-    n = max(1, round(fraction * len(images)))
-    return (images.subset(torch.sort(order[:n]).values), images.subset(torch.sort(order[n:]).values))
+    sample, rest = seeded_split(len(images), max(1, round(fraction * len(images))), seed)
+    return images.subset(sample), images.subset(rest)
 
 
 def dataset_folder(profile: Profile, dataset: str) -> str:
@@ -92,28 +83,29 @@ class DetectionData:
         return ~torch.isin(images.labels, torch.tensor(self.overlap, dtype=torch.long))
 
 
-_MEMO: dict[str, object] = {}  # a few decoded sets kept in memory between calls of one session
-_MEMO_SIZE = 6
+# a few sets of Section 4 kept in memory between calls of one session: listing the folders, checking
+# their files and cutting 12,000 images into subsets per call adds up
+_SETS: Memo = Memo("Section 4 sets", max_entries=6)
+
+
+def _loading(profile: Profile, store: ArtifactStore, size: int, sets: str) -> dict:
+    """What every set of this module depends on: how :func:`~kx_utils.experiments.victims.load_dataset_split`
+    reads a split (the profile's data, its crop, the cache of decoded splits) at ``size`` px."""
+    return {"sets": sets, "store": str(store.root), "size": size, "standins": profile.standins,
+            "data_root": str(profile.data_root or os.environ.get("KX_DATA") or ""),  # datasets.data_root's order
+            "center_crop": profile.center_crop}
 
 
 def memoized(key: dict, compute: Callable[[], object]):
-    """Keep the last few image sets in memory: reloading and resizing 12,000 images per call adds up."""
-    k = settings_key(key)
-    if k in _MEMO:
-        _MEMO[k] = _MEMO.pop(k)
-        return _MEMO[k]
-    value = compute()
-    _MEMO[k] = value
-    while len(_MEMO) > _MEMO_SIZE:
-        _MEMO.pop(next(iter(_MEMO)))
-    return value
+    """``compute()``'s sets, kept in :data:`_SETS` under ``key`` (what they depend on, not the whole profile)."""
+    return _SETS.get(settings_key(key), compute)
 
 
 def defender_share(profile: Profile, imagenet_train: ImageSet) -> tuple[torch.Tensor, int]:
     """The seeded order of the ImageNet train split and how many of its first images are the defender's."""
     if not 0.0 < profile.detector_ood_share <= 1.0:
         raise ValueError(f"detector_ood_share must lie in (0, 1], got {profile.detector_ood_share}")
-    order = seeded_order(len(imagenet_train), profile.seed + OOD_SPLIT_SEED_OFFSET)
+    order = seeded_permutation(len(imagenet_train), profile.seed + OOD_SPLIT_SEED_OFFSET)
     return order, round(profile.detector_ood_share * len(imagenet_train))
 
 
@@ -128,10 +120,10 @@ def _ood_sets(profile: Profile, size: int, store: ArtifactStore) -> dict:
     ood_tune = imagenet_train.subset(torch.sort(defender[:n_tune]).values)
     ood_train = imagenet_train.subset(torch.sort(rest).values)
     seed, fraction = profile.seed + VALIDATION_SEED_OFFSET, profile.published_validation_fraction
-    ood_test = capped(load_dataset_split(profile, "imagenet", "test", size, store=store),
-                      profile.detector_ood_test, profile.seed)
-    openimages = capped(load_dataset_split(profile, "openimages", "test", size, store=store),
-                        profile.openimages_test, profile.seed)
+    ood_test = load_dataset_split(profile, "imagenet", "test", size, store=store).capped(
+        profile.detector_ood_test, profile.seed)
+    openimages = load_dataset_split(profile, "openimages", "test", size, store=store).capped(
+        profile.openimages_test, profile.seed)
     imagenet_val, ood_test = split_off(ood_test, fraction, seed)
     openimages_val, openimages = split_off(openimages, fraction, seed + 1)
     return {"ood_train": ood_train, "ood_tune": ood_tune, "ood_test": ood_test, "openimages_test": openimages,
@@ -147,15 +139,19 @@ def detection_data(profile: Profile, victim_key: str, store: ArtifactStore | Non
         raise ValueError(f"Section 4 detects queries to the pretrained victims; {victim_key} is trained from "
                          "scratch at another input size. Use one of caltech, cubs, diabetic5, gtsrb, cifar10")
     size = profile.image_size[spec.dataset]
-    where = {"profile": profile.as_dict(), "store": str(store.root), "size": size}
-    ood = memoized({**where, "sets": "ood"}, lambda: _ood_sets(profile, size, store))
-    in_train, in_test = memoized({**where, "sets": victim_key}, lambda: victim_data(profile, victim_key, store))
+    ood_key = {**_loading(profile, store, size, "ood"), "seed": profile.seed,
+               "ood_share": profile.detector_ood_share, "tuning": profile.baseline_tuning_size,
+               "ood_train": profile.detector_ood_train, "ood_test": profile.detector_ood_test,
+               "openimages_test": profile.openimages_test, "validation": profile.published_validation_fraction}
+    ood = memoized(ood_key, lambda: _ood_sets(profile, size, store))
+    in_key = {**_loading(profile, store, size, victim_key), "seed": profile.seed,
+              "train_per_class": profile.train_per_class, "test_per_class": profile.test_per_class}
+    in_train, in_test = memoized(in_key, lambda: victim_data(profile, victim_key, store))
     seed = profile.seed + VALIDATION_SEED_OFFSET
     in_val, in_test = split_off(in_test, profile.published_validation_fraction, seed + 2)
     n_tune = min(profile.baseline_tuning_size, len(in_train) // 2)
-    tune_order = seeded_order(len(in_train), seed + 3)
-    in_tune = in_train.subset(torch.sort(tune_order[:n_tune]).values)
-    in_fit = in_train.subset(torch.sort(tune_order[n_tune:]).values)
+    tune, fit = seeded_split(len(in_train), n_tune, seed + 3)
+    in_tune, in_fit = in_train.subset(tune), in_train.subset(fit)
     folders = class_folders(spec.dataset, "train", standins=profile.standins, root=profile.data_root)
     if len(folders) != in_train.num_classes:
         raise ValueError(f"{spec.dataset}: {len(folders)} class folders but {in_train.num_classes} classes loaded")
@@ -178,8 +174,9 @@ def detection_data(profile: Profile, victim_key: str, store: ArtifactStore | Non
 
 def imagenet_pool(profile: Profile, size: int, store: ArtifactStore) -> ImageSet:
     """The Knockoff attacker's ImageNet pool exactly as :func:`kx_utils.experiments.attack.knockoff` draws it."""
-    where = {"profile": profile.as_dict(), "store": str(store.root), "size": size, "sets": "pool"}
-    return memoized(where, lambda: attacker_pool(profile, "imagenet", None, size, store))
+    key = {**_loading(profile, store, size, "pool"), "split": default_pool_split(profile, "imagenet"),
+           "pool_size": profile.pool_size, "seed": profile.seed}
+    return memoized(key, lambda: attacker_pool(profile, "imagenet", None, size, store))
 
 
 def unseen_mask(data: DetectionData, files: list[str]) -> torch.Tensor:

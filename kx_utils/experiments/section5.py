@@ -33,9 +33,12 @@ from ..config.profiles import (  # noqa: F401 (re-exported)
 )
 from ..config.seeds import mean_curve, seeded, seeded_columns, seeds_for
 from ..core.api import answered_rows, answers_to_targets
+from ..core.recipe import Recipe
+from ..core.selection import argmax, best
+from ..data.datasets import absent_optional_datasets
 from ..runtime.artifacts import ArtifactStore
 from .attack import KnockoffResult, answer_transfer_set, knockoff
-from .victims import get_victim
+from .victims import PRETRAINED_VICTIMS, available_victims, get_victim
 
 # column prefix of Table 6 -> the API's answer format
 ANSWER_FORMATS: dict[str, dict] = {
@@ -46,6 +49,8 @@ ANSWER_FORMATS: dict[str, dict] = {
     "rounded": {"mode": "rounded", "decimals": 1},
 }
 PAPER_FORMATS = ("probs", "label")
+# Table 5: the two victims with a pretrained and a from-scratch model each
+TABLE5_VICTIMS = ("gtsrb", "gtsrb_5l", "cifar10", "cifar10_9l")
 # the arguments of knockoff that choose the queries (the others choose how the surrogate trains)
 QUERY_ARGS = ("pool", "pool_split", "budget", "replace", "seed")
 EXTRA_FORMATS = ("top1", "top3", "rounded")
@@ -63,13 +68,68 @@ def section5_plan(profile: Profile, **changes) -> Section5Plan:
     return profile.section5.replace(**{k: v for k, v in changes.items() if v is not None})
 
 
-def section5_attack(profile: Profile, plan: Section5Plan | None = None) -> dict:
-    """The keyword arguments of :func:`knockoff` for the surrogates of Tables 5-7 and 5.1.3's control:
-    the plan's budget and epochs, the victim's test set scored after the last epoch only."""
-    plan = plan or profile.section5
-    return {"budget": plan.budget or profile.transfer_budget,
-            "recipe": profile.surrogate_recipe.replace(epochs=plan.epochs or profile.surrogate_recipe.epochs),
-            "test_curve": False}
+@dataclass(frozen=True)
+class Section5Settings:
+    """The sizes of Section 5's experiments (notebooks 04-06), each "None: the profile's value" of the
+    profile's :class:`~kx_utils.config.profiles.Section5Plan` resolved here, once: the grid, ``--plan``, the
+    projection and the notebooks read these fields and never fall back on their own.
+
+    Victim lists hold only the victims a run of the profile can train (:func:`available_victims`).
+    """
+
+    budget: int  # queries of the surrogates of Tables 5-7 and 5.1.3's control
+    recipe: Recipe  # their training recipe: the surrogate recipe with the plan's epochs
+    table5_victims: tuple[str, ...]
+    table6_victims: tuple[str, ...]  # the pretrained victims
+    extra_format_victims: tuple[str, ...]  # Table 6's top-k / rounded columns
+    table7_victims: tuple[str, ...]
+    table7_batch_sizes: tuple[int, ...]
+    table7_control: int | None  # the batch size of Table 7's equal-steps control, None: no control
+    table7_control_epochs: int | None  # its epochs (batch 64's number of SGD steps)
+    figure2_victims: tuple[str, ...]
+    figure2_budget: int
+    figure2_recipe: Recipe
+    grid_batch_sizes: tuple[int, ...]  # 5.2.2's validation grid
+    grid_epochs: int
+    imagenet_control: bool  # 5.2.2: the same grid on as many ImageNet queries
+    budget_curve_victims: tuple[str, ...]
+    budget_curve_budgets: tuple[int | str, ...]
+    diabetic5_present: bool  # 5.1.3 needs it; mini may go without
+
+    @classmethod
+    def resolve(cls, profile: Profile, **changes) -> "Section5Settings":
+        """``profile``'s Section 5 plan with a notebook's ``changes`` (None keeps the plan's value), resolved."""
+        plan = section5_plan(profile, **changes)
+        available = available_victims(profile)
+        pretrained = available_victims(profile, PRETRAINED_VICTIMS)
+        budget = plan.budget or profile.transfer_budget
+        recipe = profile.surrogate_recipe.replace(epochs=plan.epochs or profile.surrogate_recipe.epochs)
+        sizes = tuple(plan.table7_batch_sizes or profile.batch_sizes)
+        control = equal_steps_control(sizes, plan.table7_equal_steps)
+        extra = pretrained if plan.extra_format_victims is None else plan.extra_format_victims
+        return cls(
+            budget=budget, recipe=recipe,
+            table5_victims=tuple(k for k in TABLE5_VICTIMS if k in available), table6_victims=pretrained,
+            extra_format_victims=tuple(k for k in extra if k in pretrained),
+            table7_victims=tuple(k for k in plan.table7_victims or available if k in available),
+            table7_batch_sizes=sizes, table7_control=control,
+            table7_control_epochs=None if control is None else equal_steps_epochs(budget, control, recipe.epochs),
+            figure2_victims=tuple(k for k in plan.figure2_victims if k in available),
+            figure2_budget=plan.figure2_budget or profile.transfer_budget,
+            figure2_recipe=profile.surrogate_recipe.replace(epochs=plan.figure2_epochs or
+                                                            profile.surrogate_recipe.epochs),
+            grid_batch_sizes=tuple(plan.grid_batch_sizes or profile.batch_sizes),
+            grid_epochs=plan.grid_epochs or profile.surrogate_recipe.epochs,
+            imagenet_control=plan.imagenet_control,
+            budget_curve_victims=tuple(k for k in plan.budget_curve_victims if k in available),
+            budget_curve_budgets=tuple(plan.budget_curve_budgets),
+            diabetic5_present="diabetic5" not in absent_optional_datasets(profile.standins, profile.data_root))
+
+    @property
+    def attack(self) -> dict:
+        """The keyword arguments of :func:`knockoff` for Tables 5-7 and 5.1.3: the victim's test set scored
+        after the last epoch only."""
+        return {"budget": self.budget, "recipe": self.recipe, "test_curve": False}
 
 
 def table2_attack(profile: Profile) -> dict:
@@ -253,7 +313,7 @@ def batch_size_rows(profile: Profile, victims: Iterable[str], batch_sizes: Itera
         row = {"name": first.victim_name, "victim_acc": first.victim_accuracy}
         for b, runs in results[key].items():
             row.update(seeded(f"bs{b}", [r.final_accuracy for r in runs]))
-        row["best_batch_size"] = max(results[key], key=lambda b: (row[f"bs{b}"], -b))
+        row["best_batch_size"] = best(results[key], key=lambda b: row[f"bs{b}"], ties=lambda b: b)  # the smaller
         row["epochs"] = recipe.epochs
         row["steps_per_epoch"] = {f"bs{b}": math.ceil(runs[0].budget / b) for b, runs in results[key].items()}
         row["seeds_per_batch_size"] = {f"bs{b}": len(runs) for b, runs in results[key].items()}
@@ -283,9 +343,9 @@ def curve_entry(results: KnockoffResult | Sequence[KnockoffResult]) -> dict:
     first = runs[0]
     curves = [[r["test_acc"] for r in run.history] for run in runs]
     curve = mean_curve(curves)
-    best = max(range(len(curve)), key=lambda i: (curve[i], -i))
+    best_index = argmax(curve)  # the earliest of equal epochs
     entry = {"name": first.victim_name, "victim_acc": first.victim_accuracy, "test_acc_per_epoch": curve,
-             "best_epoch": best + 1, "best_acc": curve[best], "final_acc": curve[-1], "budget": first.budget,
+             "best_epoch": best_index + 1, "best_acc": curve[best_index], "final_acc": curve[-1], "budget": first.budget,
              "epochs": first.epochs}
     if len(runs) > 1:
         entry["test_acc_per_epoch_seeds"] = curves
@@ -352,67 +412,14 @@ def budget_curve(profile: Profile, victim_key: str, budgets: Iterable[int | str]
     return {"name": name, "victim_acc": victim_acc, "points": points}
 
 
-# --------------------------------------------------------------------------- 5.2.2
+# --------------------------------------------------------------------------- 5.1.3
 
 
-def select_by_validation(histories: Mapping[int, list[dict]]) -> tuple[int, dict]:
-    """The (batch size, history row) with the highest ``val_acc`` over a grid of runs.
-
-    Ties go to the earlier epoch (less training), then to the batch size listed first.
-    """
-    if not histories:
-        raise ValueError("the validation grid is empty: give at least one batch size")
-    best = None
-    for order, (batch_size, history) in enumerate(histories.items()):
-        for row in history:
-            if "val_acc" not in row:
-                raise ValueError(f"the run with batch size {batch_size} has no validation accuracy: "
-                                 "train it with validation_fraction > 0")
-            key = (row["val_acc"], -row["epoch"], -order)
-            if best is None or key > best[0]:
-                best = (key, batch_size, row)
-    return best[1], best[2]
-
-
-def validation_grid(profile: Profile, victim_key: str, *, batch_sizes: Iterable[int], epochs: int,
-                    validation_fraction: float, pool: str = "imagenet", pool_split: str | None = None,
-                    budget: int | str | None = None, store: ArtifactStore | None = None,
-                    seed: int | None = None) -> dict:
-    """The tuned attacker of 5.2.2: one run per batch size, (batch size, epoch) chosen on validation.
-
-    The transfer set is split once into train and validation (``validation_fraction``);
-    each batch size trains ``epochs`` epochs with the profile's schedule, and the
-    attacker keeps the batch size and epoch of highest validation accuracy.  Returns
-    ``{"chosen_batch_size", "chosen_epochs", "chosen_val_acc", "test_acc", "grid",
-    "results"}``; ``test_acc`` is the victim-test accuracy of that choice.
-    """
-    if validation_fraction <= 0:
-        raise ValueError("the validation grid needs a validation split: validation_fraction > 0")
-    recipe = profile.surrogate_recipe.replace(epochs=epochs)
-    results = {b: knockoff(profile, victim_key, pool=pool, pool_split=pool_split, budget=budget,
-                           recipe=recipe, batch_size=b, validation_fraction=validation_fraction, store=store,
-                           seed=seed)
-               for b in batch_sizes}
-    chosen_bs, chosen = select_by_validation({b: r.history for b, r in results.items()})
-    grid = {f"bs{b}": {"batch_size": b, "val_acc_per_epoch": [row["val_acc"] for row in r.history],
-                       "test_acc_per_epoch": [row["test_acc"] for row in r.history],
-                       "best_val_epoch": r.val_selected_epoch, "final_test_acc": r.final_accuracy}
-            for b, r in results.items()}
-    return {"chosen_batch_size": chosen_bs, "chosen_epochs": chosen["epoch"], "chosen_val_acc": chosen["val_acc"],
-            "test_acc": chosen["test_acc"], "grid": grid, "results": results}
-
-
-def in_distribution_budget(profile: Profile, num_classes: int, pool_size: int) -> int:
-    """Queries of the in-distribution attacker: ``in_distribution_per_class`` x classes, at most the pool."""
-    if profile.in_distribution_per_class is None:
-        return pool_size
-    return min(pool_size, profile.in_distribution_per_class * num_classes)
-
-
-def flagged_share(flag: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> float:
-    """Share of ``images`` that a detector's ``flag`` marks as out of distribution."""
-    flags = torch.as_tensor(flag(images), dtype=torch.bool).reshape(-1)
-    if len(flags) != len(images):
-        raise ValueError(f"the detector returned {len(flags)} flags for {len(images)} images: "
-                         "it must return one bool per image")
-    return float(flags.float().mean()) if len(flags) else float("nan")
+def section_5_1_3_pair(profile: Profile, seed: int, recipe, store: ArtifactStore | None = None) -> tuple:
+    """Notebook 04's 5.1.3 runs for one seed: GTSRB attacked with every Diabetic5 image, and with
+    as many ImageNet queries (the second budget is the first's, so one task makes both)."""
+    with_diabetic = knockoff(profile, "gtsrb", pool="diabetic5", pool_split="train", budget="all", seed=seed,
+                             recipe=recipe, test_curve=False, store=store)
+    same_budget = knockoff(profile, "gtsrb", budget=with_diabetic.budget, seed=seed, recipe=recipe,
+                           test_curve=False, store=store)
+    return with_diabetic, same_budget

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from ..config.profiles import Profile
-from .grid import Task
+from ..experiments.registry import Task
 
 EXECUTORS = ("serial", "ray")
 # a Ray worker's progress bar shown as one line this often (a 200-epoch training is hours of one bar)

@@ -15,9 +15,6 @@ keys carry the version of the code that produced them, see :mod:`kx_utils.runtim
 A state file or results file that cannot be read is never silently taken as absent:
 a corrupt ``pipeline.json`` stops the run with :class:`CorruptStateError` naming it, and
 a corrupt results file is reported (naming it) and its notebook runs again.
-
-:func:`plan` checks, without training anything, that a profile's datasets and
-pretrained weights are present, and says what a run would train.
 """
 
 from __future__ import annotations
@@ -29,18 +26,16 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..config.profiles import Profile, get_profile
-from ..config.seeds import seeds_note
+from ..config.profiles import get_profile
+from ..experiments.registry import notebook_names
 from ..runtime.artifacts import REPO_ROOT, atomic_write_text, cache_root
 from ..runtime.locks import FolderBusy, exclusive
 from .run_results import CorruptResultsError, read_results, results_path, runs_root
 
-NOTEBOOKS = ("01_victims", "02_knockoff", "03_detection", "04_architecture_and_output",
-             "05_hyperparameters", "06_in_distribution")
+NOTEBOOKS = notebook_names()  # the registry's (kx_utils.experiments.catalogue), in order
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the kx_utils package, whose source enters the fingerprint
 STATE_FILE = "pipeline.json"
@@ -477,188 +472,3 @@ def _execute_and_check(entry, nb, source, executed, results, parameters, execute
                              executed)
     entry.update(status="finished", wall_seconds=wall, finished=_now())
     log(f"{tag} finished in {format_seconds(wall)}")
-
-
-# ---------------------------------------------------------------- the plan (trains nothing)
-
-
-@dataclass
-class Plan:
-    profile: str
-    lines: list[str] = field(default_factory=list)
-    present: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # each: what is missing and how to get it
-    warnings: list[str] = field(default_factory=list)  # present but not as the paper's
-    optional: list[str] = field(default_factory=list)  # absent, and the run goes on without it
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing
-
-    def text(self) -> str:
-        out = [f"kx plan for profile {self.profile}", *self.lines, "", "Checked present:"]
-        out += [f"  ok  {p}" for p in self.present] or ["  (nothing)"]
-        if self.warnings:
-            out += ["", "Present, but not as expected:"] + [f"  WARNING  {w}" for w in self.warnings]
-        if self.optional:
-            out += ["", "Optional, not present (the run goes on without them; their rows read \"data not "
-                        "present\"):"] + [f"  OPTIONAL  {o}" for o in self.optional]
-        out += ["", "Missing:" if self.missing else "Missing: nothing; the run can start."]
-        out += [f"  MISSING  {m}" for m in self.missing]
-        if self.missing:
-            out += ["", f"{len(self.missing)} item(s) missing: get them before `python -m kx_utils "
-                        f"reproduce --profile {self.profile}`."]
-        return "\n".join(out)
-
-
-def _recipe_text(recipe) -> str:
-    return (f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g}, "
-            f"augment {recipe.augment}")
-
-
-def _section5_lines(p: Profile, pretrained: int, victims: int) -> list[str]:
-    """Notebooks 04-06, with the sizes of the profile's Section 5 plan (``p.section5``)."""
-    from ..experiments.section5 import equal_steps_control, equal_steps_epochs
-
-    s5 = p.section5
-    budget, epochs = s5.budget or p.transfer_budget, s5.epochs or p.surrogate_recipe.epochs
-    extra = s5.extra_format_victims or ()
-    t7_victims = len(s5.table7_victims or ()) or victims
-    t7_sizes = s5.table7_batch_sizes or p.batch_sizes
-    f2 = (f"Figure 2: {', '.join(s5.figure2_victims)} with {s5.figure2_budget or p.transfer_budget:,} queries for "
-          f"{s5.figure2_epochs or p.surrogate_recipe.epochs} epochs")
-    control = " (and the same grid on ImageNet queries)" if s5.imagenet_control else ""
-    largest = equal_steps_control(t7_sizes, s5.table7_equal_steps)
-    control7 = (f", and bs{largest} for {equal_steps_epochs(budget, largest, epochs)} epochs (bs64's SGD steps)"
-                if largest is not None else "")
-    grid = (f"a validation grid of batch sizes {', '.join(map(str, s5.grid_batch_sizes or p.batch_sizes))} "
-            f"x {s5.grid_epochs or epochs} epochs{control}")
-    per_class = "all available" if p.in_distribution_per_class is None else p.in_distribution_per_class
-    return [
-        f"04_architecture_and_output: Table 5: surrogates for GTSRB-5L and CIFAR10-9L ({budget:,} queries each); "
-        f"Table 6: a label-only surrogate per pretrained victim ({pretrained}), top-1/top-3/rounded answers for "
-        f"{', '.join(extra) if extra else 'every pretrained victim'}; 5.1.3: a GTSRB surrogate on Diabetic5 queries",
-        f"05_hyperparameters: Table 7: {t7_victims} victims x batch sizes {', '.join(map(str, t7_sizes))} "
-        f"({budget:,} queries, {epochs} epochs){control7}; {f2}; early stopping on a "
-        f"{p.validation_fraction:.0%} validation split",
-        f"06_in_distribution: 5.2.2: Caltech attacked with {per_class} in-distribution images per class, {grid}",
-    ]
-
-
-def plan(profile: Profile) -> Plan:
-    """What a run of ``profile`` would train, and whether its data and weights are present.
-
-    Checks folders and weight files only: no dataset is decoded, no model built.
-    """
-    from ..core.models import MissingWeightsError, resolve_weights
-    from ..data.datasets import (
-        DATASETS,
-        DataLayoutError,
-        DatasetNotFoundError,
-        data_root,
-        list_image_folder,
-        split_folder,
-    )
-    from ..experiments.victims import (
-        PRETRAINED_VICTIMS,
-        VICTIMS,
-        victim_arch,
-        victim_image_size,
-        victim_name,
-        victim_recipe,
-    )
-
-    p = profile
-    out = Plan(p.name)
-    cap = lambda n: "all" if n is None else f"{n:,}"  # noqa: E731
-    out.lines += [p.description, ""]
-    out.lines.append(f"01_victims: {len(VICTIMS)} victims (train images per class: {cap(p.train_per_class)}, "
-                     f"test per class: {cap(p.test_per_class)})")
-    for key in VICTIMS:
-        size = victim_image_size(p, key)
-        kind = "ImageNet-pretrained" if key in PRETRAINED_VICTIMS else "from scratch"
-        out.lines.append(f"  {victim_name(p, key):16s} {victim_arch(p, key)} ({kind}), {size} px, "
-                         f"{_recipe_text(victim_recipe(p, key))}")
-    s = p.surrogate_recipe
-    pool = DATASETS["imagenet"]
-    pool_name = f"{pool.standin} (stand-in for ImageNet)" if p.standins else pool.folder
-    out.lines += [
-        f"02_knockoff: {len(PRETRAINED_VICTIMS)} surrogates {p.surrogate_arch} (pretrained), "
-        f"{p.transfer_budget:,} queries each from {pool_name}, {_recipe_text(s)}; budget curves for "
-        f"{', '.join(p.section5.budget_curve_victims) or 'no victim'} at "
-        f"{', '.join(map(str, p.section5.budget_curve_budgets)) or '-'} queries",
-        f"  seeds: {seeds_note(p)}",
-        f"03_detection: Table 3 on CUBS: {', '.join(p.detector_scratch_archs)} from scratch, with and "
-        f"without ImageNet-overlapping classes ({_recipe_text(p.detector_recipe)}); "
-        f"{', '.join(p.detector_cv_archs)} frozen + logistic regression ({p.cv_folds}-fold CV). "
-        f"Table 4: the chosen detector for {len(PRETRAINED_VICTIMS)} victims against MSP/ODIN/Mahalanobis "
-        f"(TNR {p.baseline_tnr:.0%}); ImageNet train/test {cap(p.detector_ood_train)}/{cap(p.detector_ood_test)}, "
-        f"OpenImages test {cap(p.openimages_test)}",
-        *_section5_lines(p, len(PRETRAINED_VICTIMS), len(VICTIMS)),
-        f"Surrogate training epochs: {s.epochs} (the paper: 200). Nothing is trained by --plan.",
-    ]
-    if not p.standins:
-        from .memory import memory_lines
-        out.lines += ["", *memory_lines(p)]
-
-    # data: every split the profile's layout declares for every dataset of the paper
-    try:
-        root = data_root(p.data_root)
-    except DatasetNotFoundError as exc:
-        out.missing.append(str(exc))
-        root = None
-    if root is not None:
-        for key, info in DATASETS.items():
-            splits = info.standin_splits if p.standins else info.splits
-            if p.standins and info.standin_optional and not all((root / info.standin / s).is_dir()
-                                                                for s in splits.values()):
-                out.optional.append(f"dataset {info.paper_name} ({info.standin}): {info.standin_optional}")
-                continue
-            for split in splits:
-                try:
-                    path = split_folder(key, split, p.standins, root, allow_download=False)
-                except DatasetNotFoundError as exc:
-                    out.missing.append(f"dataset {info.paper_name} ({key}) split {split}: {exc}")
-                    continue
-                expected = {"train": info.paper_train, "test": info.paper_test}.get(split)
-                found = None
-                if not p.standins and expected:  # a subset in the paper's place would not reproduce it
-                    try:
-                        found = len(list_image_folder(path)[1])
-                    except DataLayoutError as exc:
-                        out.missing.append(f"dataset {info.paper_name} ({key}) split {split}: {exc}")
-                        continue
-                out.present.append(f"dataset {info.paper_name} {split}: {path}")
-                if found is not None and found < expected:
-                    out.warnings.append(f"dataset {info.paper_name} {split} at {path} holds {found:,} "
-                                        f"images, the paper's has {expected:,} ({info.how_to_get})")
-
-        if p.standins:
-            _check_standin_folders(out, root)
-
-    # weights: every pretrained model the profile uses (scratch detectors need none)
-    from ..runtime import regime
-    for arch in dict.fromkeys([p.backbone, p.surrogate_arch, *p.detector_cv_archs]):
-        if regime.weights() == "random":
-            out.warnings.append(f"ImageNet weights of {arch}: NOT USED, {regime.WEIGHTS_ENV}=random builds it with "
-                                "random weights (a dry run: its numbers mean nothing)")
-            continue
-        try:
-            out.present.append(f"ImageNet weights of {arch}: {resolve_weights(arch)}")
-        except MissingWeightsError as exc:
-            out.missing.append(f"ImageNet weights of {arch}: {exc}")
-    return out
-
-
-def _check_standin_folders(out: Plan, root: Path) -> None:
-    """A fetched stand-in that lost files is missing; one placed by hand that is not the stand-in, or
-    fetched from another spec, is a warning (:mod:`kx_utils.data.fetch`)."""
-    from ..data.fetch import standin_states
-
-    for state in standin_states(root).values():
-        problems = f" ({'; '.join(state.problems)})" if state.problems else ""
-        if state.state == "damaged":
-            out.missing.append(f"dataset folder {state.path} is damaged{problems}: rebuild it with `python -m "
-                               f"kx_utils data fetch --profile {out.profile} --rebuild`")
-        elif state.state in ("foreign", "stale"):
-            out.warnings.append(f"dataset folder {state.path}: {state.detail}{problems}")

@@ -1,6 +1,7 @@
 """How many GPU-hours a profile needs, as a range: the grid's tasks, their image passes, their CPU work.
 
-Each task of :func:`kx_utils.orchestration.grid.grid_tasks` is turned into the image passes it makes
+Each task of :func:`kx_utils.orchestration.grid.grid_tasks` is turned into the image passes it makes by the
+cost model of the experiment that declared it (:func:`kx_utils.experiments.registry.cost_of`)
 (:class:`Work`: training steps and inference over a model at an input size and batch size),
 counted from the profile's settings and the datasets' sizes (counted in their folders, else the
 paper's Table 1 counts; the plan lists which).  A pass costs ``1 / images_per_s`` seconds, with
@@ -40,10 +41,8 @@ from pathlib import Path
 
 from ..config.profiles import Profile
 from ..core.flops import peak_bf16_tflops, training_flops
-from .grid import Task, grid_tasks
-
-# what a task does (its image passes and CPU work), and the stated costs of that CPU work; re-exported
-from .workload import (  # noqa: F401
+from ..experiments.registry import Task, cost_of
+from ..experiments.workload import (
     DECODE_MS_DEFAULT,
     DECODE_MS_PER_IMAGE,
     DECODE_THREADS,
@@ -51,17 +50,10 @@ from .workload import (  # noqa: F401
     LOGISTIC_ITERATIONS,
     RELOAD_BYTES_PER_S,
     TASK_START_S,
-    CpuWork,
-    Work,
     cpu_work,
-    pool_size,
-    split_size,
     split_size_and_source,
-    surrogate_work,
-    task_sets,
-    task_work,
-    victim_sizes,
 )
+from .grid import grid_tasks
 
 LOW, HIGH = "low", "high"
 H200_PEAK_BF16_TFLOPS = peak_bf16_tflops("H200")  # dense, the H100/H200 SXM datasheet figure
@@ -71,9 +63,6 @@ DEFAULT_PEAK_FRACTION = 0.20
 STATED_CEILING_IMAGES_PER_S = 150_000.0
 REFERENCE = ("resnet34", 224, 64, 4_500.0)  # the high end's (arch, px, batch, training images/s) on an H200
 STEP_OVERHEAD_S = 0.003
-# the grid's task functions this module has a model of; the last four cost seconds (no image passes of note)
-MODELLED = ("get_victim", "knockoff", "attack_formats", "section_5_1_3_pair", "in_distribution_grid", "table3_rows",
-            "table4_result", "filter_report", "overlap_rows", "choose_cv_arch", "api_demo", "in_distribution_detection")
 NOT_COUNTED = ("ODIN's and Mahalanobis's tuning grids (passes over the tuning sets for every setting) and "
                "Mahalanobis's per-layer Gaussians; augmentation beyond the per-step overhead; writing artifacts "
                "and checkpoints; the starred detectors' dropped classes (counted as kept: over-counts); the "
@@ -184,11 +173,12 @@ def task_seconds(profile: Profile, task: Task, throughput: Throughput, end: str 
                  seen: set | None = None) -> dict[str, float]:
     """Seconds of ``task`` at one end, by what they are spent on ("train resnet34 @ 224 px", "CPU: decoding")."""
     parts: dict[str, float] = {}
-    for w in task_work(profile, task):
+    cost = cost_of(profile, task)  # the cost model of the experiment that declared it
+    for w in cost.passes:
         label = f"{w.section} {w.arch} @ {w.size} px"
         rate = throughput.images_per_s(w.section, w.arch, w.size, w.batch, end)
         parts[label] = parts.get(label, 0.0) + w.images / rate
-    for c in cpu_work(profile, task, set() if seen is None else seen) if end == HIGH else ():
+    for c in cpu_work(profile, cost, set() if seen is None else seen) if end == HIGH else ():
         parts[f"CPU: {c.kind}"] = parts.get(f"CPU: {c.kind}", 0.0) + c.seconds
     return parts
 
@@ -242,7 +232,6 @@ class Projection:
     sources: dict  # (section, arch, size, batch) -> end -> (images/s, how)
     sizes: list[str] = field(default_factory=list)  # where each split's size comes from
     notebook_parts: dict[str, dict[str, float]] = field(default_factory=dict)  # high end: notebook -> parts
-    unmodelled: list[str] = field(default_factory=list)  # grid tasks of a function MODELLED lacks
 
     def total(self, end: str) -> float:
         return sum(self.per_notebook[end].values())
@@ -288,8 +277,6 @@ class Projection:
                   f"{TASK_START_S:g} s per task start: "
                   + ", ".join(f"{k[5:]} {h(v)} h" for k, v in sorted(self.parts[HIGH].items()) if k.startswith("CPU")),
                   f"Not counted at either end: {NOT_COUNTED}."]
-        if self.unmodelled:
-            lines.append(f"NOT COSTED (no model of their function here, counted as 0): {', '.join(self.unmodelled)}")
         lines += ["", "Throughput used (images/s, low / high end):"]
         for (section, arch, size, batch), ends in sorted(self.sources.items()):
             (low, low_how), (high, high_how) = ends[LOW], ends.get(HIGH, ends[LOW])
@@ -339,6 +326,5 @@ def project(profile: Profile, throughput: Throughput | None = None, gpus: tuple[
         order = critical_path_order(seconds, after, [t.name for t in tasks])  # as `grid --executor ray` runs them
         makespan[end] = {n: list_schedule(seconds, after, order, n) for n in gpus}
     per_notebook = {end: dict(sorted(seconds.items())) for end, seconds in per_notebook.items()}
-    unmodelled = [t.name for t in tasks if t.function.split(":")[1] not in MODELLED]
     return Projection(profile.name, tuple(gpus), len(tasks), per_notebook, makespan, parts, throughput.used,
-                      size_sources(profile), notebook_parts, unmodelled)
+                      size_sources(profile), notebook_parts)

@@ -43,7 +43,6 @@ from .noise import (
     compare,
 )
 from .results import (
-    PRODUCER,
     MissingData,
     Results,
     load_all,
@@ -62,7 +61,7 @@ from .writer import ReportOutcome, default_output, write_report
 
 __all__ = [
     "CLAIMS", "Claim", "ClaimResult", "Comparison", "CorruptResultsError", "FAILS", "HOLDS", "INCONCLUSIVE",
-    "Judgement", "Measure", "MissingData", "NOISE_RULE", "NOT_EVALUATED", "OURS_ONLY_TABLES", "PRODUCER",
+    "Judgement", "Measure", "MissingData", "NOISE_RULE", "NOT_EVALUATED", "OURS_ONLY_TABLES",
     "ReportOutcome", "Results", "TABLE_SPECS", "TableSpec", "budget_curves", "build_tables", "check_claims", "claims_text",
     "compare", "default_output", "figure1", "figure2", "frame_to_csv", "frame_to_markdown", "load_all",
     "paper_results", "render_report", "save_figure", "table2_curves", "verdict", "victim_names", "write_report",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
+from ..core import selection
 from .noise import (
     FAILS,
     HOLDS,
@@ -208,7 +209,7 @@ def larger_batches_help(get: Getter, names: Names) -> Judgement:
         larger = {b: v for b, v in sizes.items() if b > 64}
         if 64 not in sizes or not larger:
             continue
-        best = max(larger, key=larger.get)
+        best = selection.best(larger, larger.get, ties="first")  # in the row's column order
         n = test_size(get, key, row, names)
         comparisons.append(compare(_name(names, key, row), _measured("table7", lambda: rate(row, f"bs{best}", n,
                                                                                         f"bs{best}")),
@@ -233,7 +234,7 @@ def peaks_before_last_epoch(get: Getter, names: Names) -> Judgement:
             continue
         n = test_size(get, key, row, names)
         curves = [c for c in (row.get("test_acc_per_epoch_seeds") or []) if isinstance(c, list) and len(c) == len(accs)]
-        earlier = max(range(len(accs) - 1), key=lambda i: accs[i])
+        earlier = selection.argmax(accs[:-1], ties="first")
         best = point(accs[earlier], n, f"best at epoch {earlier + 1} of {len(accs)}", [c[earlier] for c in curves])
         last = point(accs[-1], n, "last", [c[-1] for c in curves])
         comparisons.append(compare(name, best, ">", last))

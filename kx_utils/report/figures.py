@@ -1,9 +1,10 @@
 """Figures 1 and 2 of the paper, drawn from the notebooks' figure data.
 
 The report saves them as PNG and PDF; notebooks 04 and 05 show the very same figures
-(``display(figure1(data))``).  Figures are made without pyplot, so drawing one never
-changes the backend of a notebook that imports this module, and seaborn's style is
-applied to them alone.
+(``display(figure1(data))``); :func:`recovery_by_format` (notebook 04's Table 6) and
+:func:`validation_grid_curves` (notebook 06's grid) are those notebooks' own plots.
+Figures are made without pyplot, so drawing one never changes the backend of a notebook
+that imports this module, and seaborn's style is applied to them alone.
 """
 
 from __future__ import annotations
@@ -196,6 +197,66 @@ def budget_curves(data: Mapping, paper_recovery: Mapping[str, float] | None = No
         ax.set_title("Recovery against the query budget (hollow: the paper's Table 2 at 100,000 queries)",
                      fontsize=9)
     fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
+    return fig
+
+
+# Table 6's answer formats from the most to the least the API gives away
+FORMATS_BY_DETAIL = ("probs", "top3", "rounded", "top1", "label")
+
+
+def recovery_by_format(rows: Mapping, formats: tuple[str, ...] = FORMATS_BY_DETAIL, width: float = 0.16):
+    """Grouped bars: each victim's surrogate recovery Acc(F_A)/Acc(F_V) for each answer format it was attacked
+    with (a format a victim was not attacked with leaves a gap in its group).
+
+    ``rows`` is notebook 04's ``table6`` (:func:`kx_utils.experiments.section5.format_row` per victim, with
+    ``<format>_recovery``).
+    """
+    import seaborn as sns
+
+    keys = list(rows)
+    fig = _new_figure(7.0, 3.5)
+    with sns.axes_style(STYLE):
+        ax = fig.add_subplot()
+        for i, (fmt, colour) in enumerate(zip(formats, sns.color_palette(PALETTE))):
+            shown = [k for k in keys if rows[k].get(f"{fmt}_recovery") is not None]
+            ax.bar([keys.index(k) + (i - (len(formats) - 1) / 2) * width for k in shown],
+                   [rows[k][f"{fmt}_recovery"] for k in shown], width=width, color=colour, label=fmt)
+        ax.set_xticks(range(len(keys)), [rows[k].get("name", k) for k in keys], fontsize=8)
+        ax.axhline(1.0, color="black", lw=0.5)
+        ax.set(ylabel="recovery Acc(F_A)/Acc(F_V)")
+        ax.set_title("Surrogate recovery by answer format", fontsize=9)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncols=len(formats))
+    return fig
+
+
+def validation_grid_curves(grid: Mapping, control: Mapping | None = None, reference_acc: float | None = None):
+    """5.2.2's validation grid: per batch size, validation (solid) and test (dashed) accuracy over the epochs,
+    the attacker's choice starred at its test accuracy; beside it the ImageNet control's grid where given.
+
+    ``grid`` and ``control`` are :func:`kx_utils.experiments.in_distribution.validation_grid` results (one
+    seed's); ``reference_acc`` (notebook 02's surrogate) is drawn as a dotted line.
+    """
+    import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [("in-distribution queries", grid)] + ([("ImageNet queries (control)", control)] if control else [])
+    fig = _new_figure(5.5 * len(panels), 3.4)
+    with sns.axes_style(STYLE):
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (title, g) in zip(axes, panels):
+            for cell, colour in zip(g["grid"].values(), sns.color_palette(PALETTE)):
+                epochs = range(1, len(cell["val_acc_per_epoch"]) + 1)
+                ax.plot(epochs, cell["val_acc_per_epoch"], marker=".", color=colour,
+                        label=f"bs {cell['batch_size']} val")
+                ax.plot(epochs, cell["test_acc_per_epoch"], ls="--", color=colour, alpha=0.6)
+            ax.scatter([g["chosen_epochs"]], [g["test_acc"]], marker="*", s=150, color="black", zorder=3,
+                       label="chosen (test acc)")
+            if reference_acc is not None:
+                ax.axhline(reference_acc, color="gray", lw=0.8, ls=":", label="notebook 02")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set(xlabel="epoch", ylabel="accuracy (solid: validation, dashed: test)")
+            ax.set_title(title, fontsize=9)
+            ax.legend(fontsize=6)
     return fig
 
 

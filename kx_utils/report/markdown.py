@@ -16,12 +16,13 @@ from typing import Mapping
 import pandas as pd
 
 from ..data.datasets import dataset_info
+from ..experiments.registry import producer
 from ..orchestration.pipeline import NOTEBOOKS, format_seconds
 from ..runtime.artifacts import REPO_ROOT
 from . import paper
 from .claims import ClaimResult
 from .noise import MARGIN, NOISE_RULE, NOT_EVALUATED, Comparison, show_difference
-from .results import DATA_NOT_PRESENT, PRODUCER, Results
+from .results import DATA_NOT_PRESENT, Results
 from .tables import OURS_ONLY_TABLES, TABLE_SPECS, frame_to_markdown
 
 MINI_TARGET_SECONDS = 90 * 60  # the project's target for a whole mini run on a 2-core CPU
@@ -304,7 +305,7 @@ def render_report(results: Results, tables: dict[str, pd.DataFrame], missing: di
         elif DATA_NOT_PRESENT in missing[spec.key]:
             md += [f"*{missing[spec.key]}*", ""]
         else:
-            md += [f"*{missing[spec.key]}* — produce it with {_missing_hint(profile, PRODUCER[spec.key])}.", ""]
+            md += [f"*{missing[spec.key]}* — produce it with {_missing_hint(profile, producer(spec.key))}.", ""]
     extra = [(k, t) for k, t in OURS_ONLY_TABLES if k in tables]
     if extra:
         md += ["## Other measurements (ours only)", ""]
@@ -316,7 +317,7 @@ def render_report(results: Results, tables: dict[str, pd.DataFrame], missing: di
             md += [f"![{caption}]({key}.png)", "", f"{caption} Files: `{key}.png`, `{key}.pdf`.", ""]
         else:
             md += [f"*{caption.split(' — ')[0]}: {figures.get(key + '_missing', 'not produced')}* — produce it "
-                   f"with {_missing_hint(profile, PRODUCER[key])}.", ""]
+                   f"with {_missing_hint(profile, producer(key))}.", ""]
     md += ["## Stand-ins in this profile", ""] + standin_lines(settings) + [""]
     md += ["## Deviations from the paper", ""]
     notes = list(settings.get("notes") or [])

@@ -4,7 +4,7 @@ Each notebook writes ``runs/<profile>/<notebook>.json`` (:class:`kx_utils.orches
 :func:`load_all` reads every one that exists; a file that exists but cannot be read as a
 results document is an error naming it (:class:`~kx_utils.orchestration.run_results.CorruptResultsError`),
 never a silently missing notebook.  :class:`Results` finds a table, figure or value by key
-in the notebook that produces it (:data:`PRODUCER`); a missing one raises
+in the notebook that produces it (:func:`kx_utils.experiments.registry.producer`); a missing one raises
 :class:`MissingData`, which the report turns into "not evaluated" / "not produced".
 
 Per-seed values.  A row may carry, beside a measured column ``<col>``, the values of the
@@ -24,21 +24,11 @@ from typing import Callable, Mapping
 
 from ..config.profiles import get_profile
 from ..data.datasets import dataset_info
-from ..orchestration.pipeline import NOTEBOOKS, load_state, run_dir
+from ..experiments.registry import notebook_names, producer
+from ..orchestration.pipeline import load_state, run_dir
 from ..orchestration.run_results import CorruptResultsError, read_results, results_path
 from . import paper
 
-# where each result lives: key -> notebook (looked up in its tables, figures and values)
-PRODUCER = {
-    "table1": "01_victims", "victims": "01_victims",
-    "table2": "02_knockoff", "knockoff": "02_knockoff", "table2_curves": "02_knockoff",
-    "budget_curves": "02_knockoff", "budget_curves_figure": "02_knockoff",
-    "table3": "03_detection", "table4a": "03_detection", "table4b": "03_detection", "filter": "03_detection",
-    "table5": "04_architecture_and_output", "table6": "04_architecture_and_output",
-    "figure1": "04_architecture_and_output", "section_5_1_3": "04_architecture_and_output",
-    "table7": "05_hyperparameters", "figure2": "05_hyperparameters", "early_stopping": "05_hyperparameters",
-    "section_5_2_2": "06_in_distribution",
-}
 DOCUMENT_PARTS = ("tables", "figures", "values")
 # results that need a dataset a profile may go without (kx_utils.data.datasets.DatasetInfo.standin_optional)
 NEEDS_DATA = {"section_5_1_3": "diabetic5"}
@@ -79,7 +69,7 @@ class Results:
 
     @property
     def missing_notebooks(self) -> list[str]:
-        return [nb for nb in NOTEBOOKS if nb not in self.documents]
+        return [nb for nb in notebook_names() if nb not in self.documents]
 
     @property
     def data_not_present(self) -> dict[str, str]:
@@ -91,7 +81,7 @@ class Results:
 
     def find(self, key: str):
         """The table, figure or value ``key`` of the notebook that produces it, or None."""
-        doc = self.documents.get(PRODUCER[key])
+        doc = self.documents.get(producer(key))  # the registry says which notebook writes it
         if doc is None:
             return None
         for part in DOCUMENT_PARTS:
@@ -105,14 +95,14 @@ class Results:
         if found is None and NEEDS_DATA.get(key) in self.data_not_present:
             raise MissingData(key, None, f"{DATA_NOT_PRESENT}: {dataset_info(NEEDS_DATA[key]).paper_name}")
         if found is None:
-            notebook = PRODUCER[key]
+            notebook = producer(key)
             if notebook in self.documents:
                 raise MissingData(key, None, f"{notebook} has no {key}")
             raise MissingData(key, notebook)
         return found
 
     def profile_settings(self) -> dict:
-        for nb in NOTEBOOKS:
+        for nb in notebook_names():
             settings = self.documents.get(nb, {}).get("profile_settings")
             if settings:
                 return settings
@@ -136,7 +126,7 @@ def load_all(profile_name: str, runs: str | os.PathLike | None = None) -> Result
     """
     get_profile(profile_name)  # an unknown profile is an error here, not an empty report
     documents = {}
-    for nb in NOTEBOOKS:
+    for nb in notebook_names():
         path = results_path(nb, profile_name, runs)
         if path.exists():
             documents[nb] = _checked(read_results(path), path)

@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
+from ..experiments.section5 import EXTRA_FORMATS
 from . import paper
 from .checks import batch_columns
 from .results import DATA_NOT_PRESENT, MissingData, Results, paper_results, victim_names
@@ -134,7 +135,7 @@ TABLE_SPECS = (
     TableSpec("table5", "Table 5 — pretrained vs scratch victims", ("victim_acc", "surrogate_acc", "recovery")),
     TableSpec("table6", "Table 6 — probability vectors vs predicted class",
               ("victim_acc", "probs_acc", "probs_recovery", "label_acc", "label_recovery"),
-              extra=("top1_acc", "top1_recovery", "top3_acc", "top3_recovery", "rounded_acc", "rounded_recovery"),
+              extra=tuple(f"{f}_{m}" for f in EXTRA_FORMATS for m in ("acc", "recovery")),
               caption="The top-k and rounded columns are ours only (the paper names these outputs, §5.1.2, "
                       "without numbers)."),
     TableSpec("table7", "Table 7 — surrogate accuracy per batch size", ("victim_acc",),

@@ -31,7 +31,7 @@ The model is put in ``eval()`` mode and only the input is ever differentiated
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,27 +42,12 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..images import to_float
-from .layers import stage_features, stage_names
+from ..batching import device_batches, module_device
+from ..selection import best
+from .layers import stage_features
 from .rates import tpr_at_tnr
 
 LayersFn = Callable[..., Sequence[torch.Tensor]]  # (model, x, upto=None) -> [N x C_l per stage]
-stage_names_of = stage_names
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's parameters (CPU for a model without any)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _batches(images: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for chunk in images.split(batch_size):
-        x = to_float(chunk.to(device))
-        x = x if x.dtype == torch.float32 else x.float()
-        yield x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -93,7 +78,7 @@ class MSP:
     def score(self, images: torch.Tensor) -> torch.Tensor:
         model = self.model.eval()
         return _cat([(1.0 - F.softmax(model(x), 1).max(1).values).float().cpu()
-                     for x in _batches(images, self.batch_size, model_device(model))])
+                     for x in device_batches(images, self.batch_size, module_device(model))])
 
 
 def odin_grid(model: nn.Module, images: torch.Tensor, temperatures: Iterable[float], epsilons: Iterable[float],
@@ -104,7 +89,7 @@ def odin_grid(model: nn.Module, images: torch.Tensor, temperatures: Iterable[flo
         raise ValueError(f"temperatures must be > 0 and epsilons >= 0, got {temperatures} and {epsilons}")
     model = model.eval()
     out = {(t, e): [] for t in temperatures for e in epsilons}
-    for x in _batches(images, batch_size, model_device(model)):
+    for x in device_batches(images, batch_size, module_device(model)):
         for t in temperatures:
             sign = None
             if any(e > 0 for e in epsilons):  # log S_yhat(x; T) rises along its gradient's sign
@@ -247,10 +232,10 @@ class Mahalanobis:
 
     def fit(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> "Mahalanobis":
         """Fit the Gaussians of every layer on the (in-distribution, labelled) ``images``."""
-        model, device = self.model.eval(), model_device(self.model)
+        model, device = self.model.eval(), module_device(self.model)
         parts: list[list[torch.Tensor]] = []
         with torch.no_grad():
-            for x in _batches(images, self.batch_size, device):
+            for x in device_batches(images, self.batch_size, device):
                 stages = self.layers_fn(model, x, upto=None if self.layers is None else max(self.layers))
                 if self.layers is None:
                     self.layers = list(range(len(stages)))
@@ -268,11 +253,11 @@ class Mahalanobis:
         epsilons = sorted({float(e) for e in epsilons})
         if any(e < 0 for e in epsilons):
             raise ValueError(f"epsilons must be >= 0, got {epsilons}")
-        model, device = self.model.eval(), model_device(self.model)
+        model, device = self.model.eval(), module_device(self.model)
         gaussians = self.gaussians = [g.to(device) for g in self.gaussians]
         moved_eps = [e for e in epsilons if e > 0]
         out = {e: [] for e in epsilons}
-        for x in _batches(images, self.batch_size, device):
+        for x in device_batches(images, self.batch_size, device):
             columns = {e: [] for e in epsilons}
             if 0.0 in columns:
                 with torch.no_grad():
@@ -310,16 +295,13 @@ class Mahalanobis:
         """
         if sorted(in_grid) != sorted(ood_grid) or not in_grid:
             raise ValueError(f"the two grids need the same epsilons, got {sorted(in_grid)} and {sorted(ood_grid)}")
-        best = None
-        self.criteria = {}
+        self.criteria, pipelines = {}, {}
         for eps in sorted(in_grid):
-            pipeline = fit_layer_pipeline(in_grid[eps], ood_grid[eps])
-            criterion = tpr_at_tnr(pipeline.decision_function(np.asarray(in_grid[eps], np.float64)),
-                                   pipeline.decision_function(np.asarray(ood_grid[eps], np.float64)), self.tnr)
-            self.criteria[eps] = criterion
-            if best is None or criterion > best[1]:
-                best = (eps, criterion, pipeline)
-        self.epsilon, _, self.pipeline = best
+            pipelines[eps] = pipeline = fit_layer_pipeline(in_grid[eps], ood_grid[eps])
+            self.criteria[eps] = tpr_at_tnr(pipeline.decision_function(np.asarray(in_grid[eps], np.float64)),
+                                            pipeline.decision_function(np.asarray(ood_grid[eps], np.float64)), self.tnr)
+        self.epsilon = best(self.criteria, self.criteria.__getitem__, ties="first")  # in ascending eps
+        self.pipeline = pipelines[self.epsilon]
         self.ensemble = ensemble_of(self.pipeline)
         self.layer_weights = torch.tensor(self.ensemble["coef"], dtype=torch.float32)
         return self

@@ -31,9 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..devices import autotuned_convolutions, mixed_precision
-from ..images import resize_images, to_float
-from ..models import Classifier, build_model
+from ...runtime.memo import Memo
+from ..batching import batched_outputs, module_device
+from ..images import resize_images
+from ..models import Classifier, build_model, weights_identity
 from ..recipe import Recipe
 from ..train import fit, pick_device
 
@@ -41,23 +42,10 @@ OOD_LABEL = 0  # the paper: "label 0 to all ImageNet samples"
 IN_LABEL = 1  # "... and 1 to samples from V's dataset"
 
 
-def module_device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
-            device: torch.device) -> torch.Tensor:
-    """``fn`` over ``images`` in batches on ``device`` (uint8 -> float [0, 1]), outputs on the CPU.
-
-    The outputs stay on ``device`` until the last batch: one copy to the host, not one per batch.
-    """
-    out = []
-    with torch.no_grad(), autotuned_convolutions(device):
-        for chunk in images.split(batch_size):
-            x = to_float(chunk.to(device)).contiguous(memory_format=torch.channels_last)
-            with mixed_precision(device):
-                out.append(fn(x).float())
-    return torch.cat(out).cpu() if out else torch.empty(0)
+def ood_logit(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """log P(OOD) - log P(in) of a two-class network's outputs for the float batch ``x``."""
+    out = network(x)
+    return out[:, OOD_LABEL] - out[:, IN_LABEL]
 
 
 def labelled(in_images: torch.Tensor, ood_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,13 +54,18 @@ def labelled(in_images: torch.Tensor, ood_images: torch.Tensor) -> tuple[torch.T
     return torch.cat([in_images, ood_images]), labels
 
 
-@functools.lru_cache(maxsize=4)
+_BACKBONES: Memo[Classifier] = Memo("frozen backbones", max_entries=4)
+
+
 def frozen_backbone(arch: str) -> Classifier:
-    """An ImageNet-pretrained backbone in eval mode whose weights never change (one per process)."""
-    model = build_model(arch, num_classes=1, pretrained=True).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    """An ImageNet-pretrained backbone in eval mode whose weights never change (one per process and weights:
+    kept in a :class:`~kx_utils.runtime.memo.Memo` under the architecture and its weights' identity)."""
+    def build() -> Classifier:
+        model = build_model(arch, num_classes=1, pretrained=True).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+    return _BACKBONES.get((arch, weights_identity(arch)), build)
 
 
 class BinaryDetector:
@@ -133,11 +126,9 @@ class ScratchDetector(BinaryDetector):
         return self
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """log P(OOD) - log P(in) of each image."""
-        def two_class(x):
-            out = self.network(x)
-            return out[:, OOD_LABEL] - out[:, IN_LABEL]
-        return batched(two_class, self.prepare(images), self.batch_size, module_device(self.network))
+        """log P(OOD) - log P(in) of each image (on the CPU)."""
+        return batched_outputs(functools.partial(ood_logit, self.network), self.prepare(images), self.batch_size,
+                               module_device(self.network)).cpu()
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """P(out of distribution) of each image."""
@@ -233,7 +224,7 @@ class FrozenBackboneLogistic(BinaryDetector):
         images = self.prepare(images)
         if self.features_fn is not None:
             return self.features_fn(images)
-        return batched(self.backbone.features, images, self.batch_size, module_device(self.backbone))
+        return batched_outputs(self.backbone.features, images, self.batch_size, module_device(self.backbone)).cpu()
 
     def fit(self, in_images: torch.Tensor, ood_images: torch.Tensor) -> "FrozenBackboneLogistic":
         return self.fit_features(self.features(in_images), self.features(ood_images))

@@ -108,9 +108,3 @@ def _average_ranks(values: torch.Tensor) -> torch.Tensor:
         ranks[order] = mean_rank[inverse]
     return ranks
 
-
-def operating_point(scores_in, scores_ood, threshold: float) -> dict:
-    """TPR and TNR of flagging ``score > threshold``, with the balanced accuracy."""
-    tpr, tnr = rates(_scores(scores_ood, "out-of-distribution") > threshold,
-                     _scores(scores_in, "in-distribution") > threshold)
-    return {"tpr": tpr, "tnr": tnr, "balanced_accuracy": (tpr + tnr) / 2}

@@ -1,8 +1,11 @@
 """What each grid task does, counted from the profile and the datasets' sizes: its image passes and CPU work.
 
-:func:`task_work` turns a task of :func:`kx_utils.orchestration.grid.grid_tasks` into :class:`Work` (training steps
-and inference over a model at an input size and batch size) and :func:`cpu_work` into :class:`CpuWork`
-(decoding, reloading decoded sets, the CV detectors' logistic regressions).  Sizes are counted in the
+:func:`call_cost` is the cost model of the library calls the paper's experiments make (the registry's
+``cost`` of each, :mod:`kx_utils.experiments.catalogue`): a task's :class:`Cost` holds its image passes
+(:class:`Work`: training steps and inference over a model at an input size and batch size), the decoded
+sets it loads and the CV detectors it fits; :func:`cpu_work` turns the last two into :class:`CpuWork`
+(decoding, reloading decoded sets, the CV detectors' logistic regressions).  A call it has no model of is
+an error, never zero.  Sizes are counted in the
 data folders where they are present, else taken from the paper's Table 1 (:func:`split_size_and_source`).
 :mod:`kx_utils.orchestration.projection` prices this work in GPU-hours; the grid asks :func:`pool_size` for a whole-pool
 task's key.
@@ -10,13 +13,13 @@ task's key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..config.profiles import Profile
 
-if TYPE_CHECKING:  # the grid imports this module for pool_size: no import back at run time
-    from .grid import Task
+if TYPE_CHECKING:  # the registry imports this module for pool_size: no import back at run time
+    from .registry import Task
 
 # per image on one core, Pillow decode and resize: the paper's JPEGs are a few hundred pixels a side,
 # Diabetic5's fundus photographs several thousand, GTSRB's and CIFAR-10's tiny PNG/PPM files
@@ -34,6 +37,35 @@ class Work:
     size: int
     images: float  # image passes
     batch: int  # images per step: the recipe's in training, the evaluation batch in inference
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one task computes: its image passes, the decoded sets it loads (dataset, split, px, once per
+    load) and the CV detectors it fits or loads (victim, backbone)."""
+
+    passes: list[Work]
+    sets: list[tuple[str, str, int]] = field(default_factory=list)
+    fits: list[tuple[str, str]] = field(default_factory=list)
+
+
+# the library calls call_cost has a model of; the last five spend seconds (no image passes of note)
+MODELLED_CALLS = ("get_victim", "knockoff", "attack_formats", "section_5_1_3_pair", "in_distribution_grid",
+                  "table3_rows", "table4_result", "filter_report", "overlap_rows", "choose_cv_arch", "api_demo",
+                  "in_distribution_detection")
+
+
+class UnmodelledCall(LookupError):
+    """A task whose library call the cost model does not know: counting it as free would hide its cost."""
+
+
+def call_cost(profile: Profile, task: Task) -> Cost:
+    """The cost of a task that makes one of the paper's library calls (:data:`MODELLED_CALLS`)."""
+    fn = task.function.split(":")[1]
+    if fn not in MODELLED_CALLS:
+        raise UnmodelledCall(f"task {task.name}: no cost model of {task.function}; give its experiment a cost "
+                             "in kx_utils/experiments/catalogue.py (or model the call in call_cost)")
+    return Cost(task_work(profile, task), task_sets(profile, task), logistic_fits(profile, task))
 
 
 @dataclass(frozen=True)
@@ -77,7 +109,7 @@ def _capped(n: int, per_class: int | None, classes: int | None) -> int:
 
 def victim_sizes(profile: Profile, key: str) -> tuple[int, int]:
     from ..data.datasets import DATASETS
-    from ..experiments.victims import victim_spec
+    from .victims import victim_spec
     dataset = victim_spec(key).dataset
     classes = DATASETS[dataset].paper_classes
     return (_capped(split_size(profile, dataset, "train"), profile.train_per_class, classes),
@@ -85,7 +117,7 @@ def victim_sizes(profile: Profile, key: str) -> tuple[int, int]:
 
 
 def _pool_splits(profile: Profile, pool: str, split: str | None) -> list[str]:
-    from ..experiments.attack import default_pool_split, pool_splits
+    from .attack import default_pool_split, pool_splits
     return list(pool_splits(profile, pool, split or default_pool_split(profile, pool)))
 
 
@@ -99,7 +131,7 @@ def pool_size(profile: Profile, pool: str, split: str | None = None) -> int:
 
 def surrogate_work(profile: Profile, key: str, *, budget=None, recipe=None, batch_size=None, pool="imagenet",
                    pool_split=None, validation_fraction: float = 0.0, test_curve: bool = True, **_) -> list[Work]:
-    from ..experiments.victims import victim_arch, victim_image_size, victim_spec
+    from .victims import victim_arch, victim_image_size, victim_spec
     recipe = recipe or profile.surrogate_recipe
     queries = pool_size(profile, pool, pool_split) if budget == "all" else (budget or profile.transfer_budget)
     train = queries * (1 - validation_fraction)
@@ -119,7 +151,7 @@ def _in_distribution_budget(profile: Profile) -> int:
 
 def task_work(profile: Profile, task: Task) -> list[Work]:
     """The image passes of one grid task (see the module docstring for what is left out)."""
-    from ..experiments.victims import victim_arch, victim_image_size, victim_recipe
+    from .victims import victim_arch, victim_image_size, victim_recipe
     fn, args, kw = task.function.split(":")[1], task.args, task.kwargs
     if fn == "get_victim":
         key = args[0]
@@ -179,7 +211,7 @@ def _detector_arch(profile: Profile) -> str:
 
 def task_sets(profile: Profile, task: Task) -> list[tuple[str, str, int]]:
     """(dataset, split, px) of every decoded set the task loads, once per call that loads it."""
-    from ..experiments.victims import victim_image_size, victim_spec
+    from .victims import victim_image_size, victim_spec
     fn, args, kw = task.function.split(":")[1], task.args, task.kwargs
     whole = lambda key, px: [(victim_spec(key).dataset, s, px) for s in ("train", "test")]  # noqa: E731
 
@@ -224,11 +256,11 @@ def _feature_dim(arch: str) -> int:
         return int(build_model(arch, 2, pretrained=False).feature_dim)
 
 
-def cpu_work(profile: Profile, task: Task, seen: set) -> list[CpuWork]:
-    """The high end's CPU work of ``task``; ``seen`` holds the sets decoded and detectors fitted by the
-    tasks before it (the first task to need one pays for it, the later ones reload it)."""
+def cpu_work(profile: Profile, cost: Cost, seen: set) -> list[CpuWork]:
+    """The high end's CPU work of a task of ``cost``; ``seen`` holds the sets decoded and detectors fitted by
+    the tasks before it (the first task to need one pays for it, the later ones reload it)."""
     out = [CpuWork("task starts", 1, TASK_START_S)]
-    for dataset, split, px in task_sets(profile, task):
+    for dataset, split, px in cost.sets:
         try:
             n = split_size(profile, dataset, split)
         except ValueError:  # no folder and no paper count (a stand-in's extra split): not counted
@@ -239,7 +271,7 @@ def cpu_work(profile: Profile, task: Task, seen: set) -> list[CpuWork]:
             out.append(CpuWork("decoding", n, n * ms / 1000 / DECODE_THREADS))
         else:
             out.append(CpuWork("reloads", n * 3 * px * px, n * 3 * px * px / RELOAD_BYTES_PER_S))
-    for victim, arch in logistic_fits(profile, task):
+    for victim, arch in cost.fits:
         if (victim, arch) in seen:
             continue
         seen.add((victim, arch))
