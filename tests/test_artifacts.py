@@ -84,8 +84,8 @@ def test_each_kind_remembers_the_module_that_registers_it():
                       "decoded": "kx_utils.data.datasets", "split_content": "kx_utils.data.datasets", "features": "kx_utils.experiments.detection",
                       "detector": "kx_utils.experiments.detection",
                       "detector_outputs": "kx_utils.experiments.detection",
-                      "ood_scores": "kx_utils.experiments.detection",
-                      "baseline_tuning": "kx_utils.experiments.detection",
+                      "ood_scores": "kx_utils.experiments.ood_baselines",
+                      "baseline_tuning": "kx_utils.experiments.ood_baselines",
                       "filter_benign": "kx_utils.experiments.detection"}
     assert sources["victim"]["source"] == "kx_utils/experiments/victims.py"
     assert "thing" not in sources  # this file's own kind is not the package's

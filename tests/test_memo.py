@@ -47,9 +47,9 @@ def test_a_byte_budget_keeps_what_fits_and_hands_back_what_cannot():
 def test_forget_all_empties_every_memo_of_the_package(tiny_profile):
     from kx_utils.core.detectors import binary
     from kx_utils.data import datasets
-    from kx_utils.experiments import detection, detection_sets
+    from kx_utils.experiments import detection_sets, ood_baselines
     package = [datasets._REMEMBERED, datasets._CONTENT_MEMO, detection_sets._SETS, binary._BACKBONES,
-               detection._GAUSSIANS]
+               ood_baselines._GAUSSIANS]
     small = datasets.ImageSet(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.long), ["c"])
     for i, memo in enumerate(package):
         memo.get(("test", i), lambda: small)

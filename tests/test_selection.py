@@ -47,7 +47,7 @@ def test_best_epoch_takes_the_earliest_of_tied_epochs_in_any_order():
 
 def test_the_tuning_grid_and_the_noise_size_keep_the_earliest_of_tied_points():
     from kx_utils.core.detectors.baselines import Mahalanobis
-    from kx_utils.experiments.detection import _best_on_grid
+    from kx_utils.experiments.ood_baselines import _best_on_grid
     grid = [{"epsilon": 0.0, "tpr": 0.5}, {"epsilon": 0.001, "tpr": 0.9}, {"epsilon": 0.002, "tpr": 0.9}]
     assert _best_on_grid(grid) is grid[1]
     gen = torch.Generator().manual_seed(0)

@@ -17,7 +17,6 @@ Baselines come in two variants, both reported:
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Iterable
 
 import torch
@@ -25,17 +24,14 @@ import torch
 from ..config.profiles import Profile, evaluation_batch_size
 from ..core.api import PredictionAPI
 from ..core.batching import batched_outputs, module_device
-from ..core.detectors import baselines as B
 from ..core.detectors.binary import (
     FrozenBackboneLogistic,
     ScratchDetector,
     frozen_backbone,
     ood_logit,
 )
-from ..core.detectors.layers import stage_names
 from ..core.detectors.rates import (
     auroc,
-    fpr_at_tpr,
     rates,
     tpr_at_tnr,
     true_negative_rate,
@@ -45,38 +41,35 @@ from ..core.selection import best
 from ..core.train import pick_device
 from ..data.datasets import dataset_info
 from ..runtime.artifacts import ArtifactStore, artifact_kind, settings_key
-from ..runtime.memo import Memo
 from .attack import answer_transfer_set
 from .detection_sets import (
     DetectionData,
     detection_data,
     imagenet_pool,
+    images_digest,
     unseen_mask,
 )
-from .victims import Victim, get_victim, victim_spec
+from .ood_baselines import (  # noqa: F401 (BASELINE_COLUMNS: the report's and the notebooks' column names)
+    BASELINE_COLUMNS,
+    OOD_SETS,
+    VARIANTS,
+    baseline_scores,
+    msp_scores,
+    rate_columns,
+    score_in_one_pass,
+    tune_baselines,
+)
+from .victims import get_victim, victim_spec
 
 FEATURES = artifact_kind("features", 1)  # penultimate features of a frozen backbone
 DETECTOR = artifact_kind("detector", 2)  # a fitted binary detector (v2: balanced, scaler inside the CV)
 DETECTOR_OUTPUTS = artifact_kind("detector_outputs", 1)  # a scratch detector's OOD logits
-OOD_SCORES = artifact_kind("ood_scores", 2)  # MSP / ODIN / per-layer Mahalanobis scores (v2: multi-layer)
-BASELINE_TUNING = artifact_kind("baseline_tuning", 2)  # ODIN and Mahalanobis settings (v2: fair / published)
 FILTER_BENIGN = artifact_kind("filter_benign", 1)  # the filter's flags on the victim's test images
 
 TABLE3_VICTIM = "cubs"  # Table 3 compares detector architectures on CUBS
-BASELINE_COLUMNS = ("msp", "odin_fair", "odin_published", "mahalanobis_fair", "mahalanobis_published")
-VARIANTS = ("fair", "published")
-OOD_SETS = {"imagenet": "ood_test", "openimages": "openimages_test"}
 
 
 # ---------------------------------------------------------------- cached outputs
-
-
-def images_digest(images: torch.Tensor) -> str:
-    """A content hash of an image batch: the cache key of everything computed from it."""
-    import hashlib
-    h = hashlib.sha256(f"{tuple(images.shape)}|{images.dtype}".encode())
-    h.update(images.contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()[:24]
 
 
 def cached_outputs(store: ArtifactStore, kind: str, producer: dict, fn: Callable[[torch.Tensor], torch.Tensor],
@@ -257,151 +250,6 @@ def table3_rows(profile: Profile, store: ArtifactStore | None = None, victim_key
     return rows
 
 
-# ---------------------------------------------------------------- the baselines on the victim model
-
-# fitted Mahalanobis detectors of this process: one victim at a time, per-layer precisions are large
-_GAUSSIANS: Memo["B.Mahalanobis"] = Memo("fitted Mahalanobis Gaussians", max_entries=1)
-
-
-def victim_mahalanobis(profile: Profile, victim: Victim, data: DetectionData) -> "B.Mahalanobis":
-    """Lee et al.'s per-layer Gaussians of the victim, fitted on ``data.in_fit`` (not on the tuning images)."""
-    device, batch_size = pick_device(profile.device), min(128, profile.eval_batch_size)
-    key = settings_key({"victim": victim.settings, "data": data.settings, "shrinkage": profile.mahalanobis_shrinkage,
-                        "device": str(device), "batch_size": batch_size})
-
-    def fitted() -> "B.Mahalanobis":
-        model = victim.model.to(device).eval()
-        return B.Mahalanobis(model, shrinkage=profile.mahalanobis_shrinkage, batch_size=batch_size).fit(
-            data.in_fit.images, data.in_fit.labels, len(victim.classes))
-    return _GAUSSIANS.get(key, fitted)
-
-
-def _score_settings(victim: Victim, method: str, params: dict, images: torch.Tensor) -> dict:
-    return {"victim": victim.settings, "method": method, "params": params, "images": images_digest(images)}
-
-
-def msp_scores(profile: Profile, victim: Victim, images: torch.Tensor, store: ArtifactStore) -> torch.Tensor:
-    model = victim.model.to(pick_device(profile.device)).eval()
-    msp = B.MSP(model, batch_size=evaluation_batch_size(profile))
-    return store.cached(OOD_SCORES, _score_settings(victim, "msp", {}, images),
-                        lambda: {"scores": msp.score(images)})["scores"]
-
-
-def odin_scores(profile: Profile, victim: Victim, images: torch.Tensor, pairs: Iterable[tuple[float, float]],
-                store: ArtifactStore) -> dict[tuple[float, float], torch.Tensor]:
-    """ODIN scores at each (temperature, epsilon) pair, each cached; missing ones computed in one grid pass."""
-    pairs = [(float(t), float(e)) for t, e in pairs]
-    settings = {p: _score_settings(victim, "odin", {"temperature": p[0], "epsilon": p[1]}, images) for p in pairs}
-    out = {p: store.load(OOD_SCORES, s) for p, s in settings.items()}
-    missing = [p for p, v in out.items() if v is None]
-    if missing:
-        model = victim.model.to(pick_device(profile.device)).eval()
-        grid = B.odin_grid(model, images, sorted({t for t, _ in missing}), sorted({e for _, e in missing}),
-                           batch_size=min(128, profile.eval_batch_size))
-        for p in missing:
-            out[p] = {"scores": grid[p]}
-            store.save(OOD_SCORES, settings[p], out[p])
-    return {p: v["scores"] for p, v in out.items()}
-
-
-def mahalanobis_layer_scores(profile: Profile, victim: Victim, data: DetectionData, images: torch.Tensor,
-                             epsilons: Iterable[float], store: ArtifactStore) -> dict[float, torch.Tensor]:
-    """N x layers Mahalanobis scores per noise size (each layer's input pre-processed for that layer),
-    each cached; the missing ones computed in one pass (one gradient per layer serves every size)."""
-    epsilons = [float(e) for e in epsilons]
-    fitted = {"fitted_on": data.settings, "shrinkage": profile.mahalanobis_shrinkage}
-    settings = {e: _score_settings(victim, "mahalanobis_layers", {"epsilon": e, **fitted}, images) for e in epsilons}
-    out = {e: store.load(OOD_SCORES, s) for e, s in settings.items()}
-    missing = [e for e, v in out.items() if v is None]
-    if missing:
-        grid = victim_mahalanobis(profile, victim, data).layer_score_grid(images, missing)
-        for e in missing:
-            out[e] = {"scores": grid[e]}
-            store.save(OOD_SCORES, settings[e], out[e])
-    return {e: v["scores"] for e, v in out.items()}
-
-
-def _tuning_sets(data: DetectionData, variant: str, ood: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if variant == "fair":
-        return data.in_tune.images, data.ood_tune.images
-    if variant == "published":
-        return data.validation["in"].images, data.validation[ood].images
-    raise ValueError(f"unknown tuning variant {variant!r}; valid: {', '.join(VARIANTS)}")
-
-
-def tune_baselines(profile: Profile, victim: Victim, data: DetectionData, variant: str, ood: str = "imagenet",
-                   store: ArtifactStore | None = None) -> dict:
-    """ODIN's (T, eps) and Mahalanobis's noise and layer ensemble, chosen by TPR at ``baseline_tnr`` on
-    the ``variant``'s tuning sets ("fair": no OOD test image; "published": a validation sample of the
-    in-distribution and of the ``ood`` test set, as Lee et al.'s and Liang et al.'s code)."""
-    store = store or ArtifactStore(profile.cache_root)
-    in_images, ood_images = _tuning_sets(data, variant, ood)
-    settings = {"victim": victim.settings, "variant": variant, "in": images_digest(in_images),
-                "ood": images_digest(ood_images), "tnr": profile.baseline_tnr, "fitted_on": data.settings,
-                "odin_temperatures": list(profile.odin_temperatures), "odin_epsilons": list(profile.odin_epsilons),
-                "mahalanobis_epsilons": list(profile.mahalanobis_epsilons),
-                "shrinkage": profile.mahalanobis_shrinkage, "seed": profile.seed}
-    found = store.load(BASELINE_TUNING, settings)
-    if found is not None:
-        return found
-    t0 = time.perf_counter()
-    pairs = [(t, e) for t in profile.odin_temperatures for e in profile.odin_epsilons]
-    odin_in = odin_scores(profile, victim, in_images, pairs, store)
-    odin_ood = odin_scores(profile, victim, ood_images, pairs, store)
-    odin_grid = [{"temperature": t, "epsilon": e, "tpr": tpr_at_tnr(odin_in[(t, e)], odin_ood[(t, e)],
-                                                                     profile.baseline_tnr)} for t, e in odin_in]
-    maha_grid = []
-    maha_in = mahalanobis_layer_scores(profile, victim, data, in_images, profile.mahalanobis_epsilons, store)
-    maha_ood = mahalanobis_layer_scores(profile, victim, data, ood_images, profile.mahalanobis_epsilons, store)
-    for eps in maha_in:
-        m_in, m_ood = maha_in[eps], maha_ood[eps]
-        ensemble = B.fit_layer_ensemble(m_in, m_ood, seed=profile.seed)
-        maha_grid.append({"epsilon": float(eps), "ensemble": ensemble,
-                          "tpr": tpr_at_tnr(B.ensemble_scores(ensemble, m_in), B.ensemble_scores(ensemble, m_ood),
-                                            profile.baseline_tnr)})
-    odin_best, maha_best = _best_on_grid(odin_grid), _best_on_grid(maha_grid)
-    result = {"variant": variant, "ood": ood if variant == "published" else "imagenet_train_held_out",
-              "odin_temperature": odin_best["temperature"], "odin_epsilon": odin_best["epsilon"],
-              "odin_tuning_tpr": odin_best["tpr"], "mahalanobis_epsilon": maha_best["epsilon"],
-              "mahalanobis_tuning_tpr": maha_best["tpr"], "mahalanobis_ensemble": maha_best["ensemble"],
-              "mahalanobis_layer_weights": [float(w) for w in maha_best["ensemble"]["coef"]],
-              "mahalanobis_layers": stage_names(victim.model),
-              "criterion": f"TPR at TNR {profile.baseline_tnr:.0%}", "tuning_in": len(in_images),
-              "tuning_ood": len(ood_images), "odin_grid": odin_grid,
-              "mahalanobis_grid": [{"epsilon": g["epsilon"], "tpr": g["tpr"]} for g in maha_grid],
-              "seconds": time.perf_counter() - t0}
-    store.save(BASELINE_TUNING, settings, result)
-    return result
-
-
-def _best_on_grid(results: list[dict]) -> dict:
-    """The grid point with the highest tuning TPR; ties go to the earliest (smallest) values."""
-    return best(results, lambda r: r["tpr"], ties="first")
-
-
-def baseline_scores(profile: Profile, victim: Victim, data: DetectionData, tuning: dict, images: torch.Tensor,
-                    store: ArtifactStore) -> dict[str, torch.Tensor]:
-    """ODIN and Mahalanobis scores of ``images`` at one tuning's settings."""
-    pair = (tuning["odin_temperature"], tuning["odin_epsilon"])
-    eps = tuning["mahalanobis_epsilon"]
-    layers = mahalanobis_layer_scores(profile, victim, data, images, [eps], store)[eps]
-    return {"odin": odin_scores(profile, victim, images, [pair], store)[pair],
-            "mahalanobis": B.ensemble_scores(tuning["mahalanobis_ensemble"], layers)}
-
-
-def _score_in_one_pass(profile: Profile, victim: Victim, data: DetectionData, images: torch.Tensor,
-                       tunings: list[dict], store: ArtifactStore) -> None:
-    """Compute (and cache) the ODIN and Mahalanobis scores of ``images`` at every tuning's settings in one
-    pass: ODIN needs one gradient per temperature, Mahalanobis one per layer, whatever the epsilons."""
-    odin_scores(profile, victim, images, {(t["odin_temperature"], t["odin_epsilon"]) for t in tunings}, store)
-    mahalanobis_layer_scores(profile, victim, data, images, sorted({t["mahalanobis_epsilon"] for t in tunings}),
-                             store)
-
-
-def _rate_columns(prefix: str, s_in: torch.Tensor, s_ood: torch.Tensor) -> dict:
-    return {f"{prefix}_auroc": auroc(s_in, s_ood), f"{prefix}_fpr_at_95tpr": fpr_at_tpr(s_in, s_ood, 0.95)}
-
-
 class Table4Result:
     """One victim's rows of Table 4 (a: ImageNet test, b: OpenImages test), the tunings and the scores."""
 
@@ -425,7 +273,7 @@ def table4_result(profile: Profile, victim_key: str, store: ArtifactStore | None
     published = {ood: tune_baselines(profile, victim, data, "published", ood, store) for ood in OOD_SETS}
     # every setting the in-distribution test images are scored at, in one pass (ODIN: one gradient per
     # temperature; Mahalanobis: one per layer); the calls below then read them from the cache
-    _score_in_one_pass(profile, victim, data, in_images, [fair, *published.values()], store)
+    score_in_one_pass(profile, victim, data, in_images, [fair, *published.values()], store)
     fair_in = baseline_scores(profile, victim, data, fair, in_images, store)
     kept = data.kept_mask(data.in_test)
     flags_in = ours_in > detector.threshold
@@ -433,7 +281,7 @@ def table4_result(profile: Profile, victim_key: str, store: ArtifactStore | None
     for ood, attr in OOD_SETS.items():
         ood_images = getattr(data, attr).images
         tuning[f"published_{ood}"] = published[ood]
-        _score_in_one_pass(profile, victim, data, ood_images, [fair, published[ood]], store)
+        score_in_one_pass(profile, victim, data, ood_images, [fair, published[ood]], store)
         pub_in = baseline_scores(profile, victim, data, published[ood], in_images, store)
         fair_ood = baseline_scores(profile, victim, data, fair, ood_images, store)
         pub_ood = baseline_scores(profile, victim, data, published[ood], ood_images, store)
@@ -447,11 +295,11 @@ def table4_result(profile: Profile, victim_key: str, store: ArtifactStore | None
         tpr, tnr = rates(pair_ood["ours"] > detector.threshold, flags_in)
         row = {"ours_tpr": tpr, "ours_tnr": tnr,
                "ours_tnr_kept_classes": true_negative_rate(flags_in[kept]) if kept.any() else None,
-               **_rate_columns("ours", pair_in["ours"], pair_ood["ours"])}
+               **rate_columns("ours", pair_in["ours"], pair_ood["ours"])}
         for method in BASELINE_COLUMNS:
             row[f"{method}_tpr_at_ours"] = tpr_at_tnr(pair_in[method], pair_ood[method], tnr)
             row[f"{method}_tpr_at_95"] = tpr_at_tnr(pair_in[method], pair_ood[method], profile.baseline_tnr)
-            row.update(_rate_columns(method, pair_in[method], pair_ood[method]))
+            row.update(rate_columns(method, pair_in[method], pair_ood[method]))
         row.update(classes_dropped=len(data.overlap), classes=data.in_train.num_classes,
                    in_test=len(in_images), ood_test=len(ood_images))
         rows[ood] = row

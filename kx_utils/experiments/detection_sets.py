@@ -184,3 +184,11 @@ def unseen_mask(data: DetectionData, files: list[str]) -> torch.Tensor:
     if not files:
         raise ValueError("the queries carry no file names, so whether a detector saw them cannot be told")
     return torch.tensor([f not in data.defender_files for f in files], dtype=torch.bool)
+
+
+def images_digest(images: torch.Tensor) -> str:
+    """A content hash of an image batch: the cache key of everything computed from it."""
+    import hashlib
+    h = hashlib.sha256(f"{tuple(images.shape)}|{images.dtype}".encode())
+    h.update(images.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:24]
