@@ -27,7 +27,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config.profiles import PROFILES, ProfileError, get_profile
+from .config.profiles import PROFILES, get_profile
+from .core.settings import ProfileError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 

@@ -1,6 +1,6 @@
 """Synthetic images in the `paper` profile's folder layout, for the paper-shaped dry run.
 
-Every dataset of :data:`kx_utils.data.datasets.DATASETS` gets its paper folders and splits
+Every dataset of :data:`kx_utils.data.catalog.DATASETS` gets its paper folders and splits
 (``caltech256/{train,test}``, ``imagenet_subset/{train,test}``, ``openimages/test/all``, ...), with
 class folders named as the real ones where the code reads the names (the audited ImageNet-overlap
 lists name Caltech-256's and CUB's classes).  The images are what real folders are like where it
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kx_utils.data.datasets import DATASETS
+from kx_utils.data.catalog import DATASETS
 from kx_utils.data.overlap import list_path
 
 FIRST_IMAGE = (480, 360)  # every split's first image: far larger than the profile's size

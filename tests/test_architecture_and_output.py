@@ -30,15 +30,14 @@ def settings(tiny_profile):
                                table6_victims=("cifar10",), extra_format_victims=())
 
 
-def test_require_above_chance_holds_only_clearly_learned_victims_outside_smoke(tiny_profile, monkeypatch):
+def test_require_above_chance_holds_only_clearly_learned_victims():
+    from kx_utils.experiments.victims import require_above_chance
     row = {"name": "CIFAR10-MNV2", "victim_acc": 0.9}
-    A.require_above_chance(tiny_profile, row, 0.25, {"probs": 0.1})  # smoke: never held to it
-    monkeypatch.setattr(A, "meaningful_numbers", lambda profile: True)
-    A.require_above_chance(tiny_profile, row, 0.25, {"probs": 0.3, "top3": None})  # None: not measured
+    require_above_chance(row, 0.25, {"probs": 0.3, "top3": None})  # None: not measured
     with pytest.raises(RuntimeError, match=r"CIFAR10-MNV2 label: surrogate accuracy 0.250 <= chance 0.250"):
-        A.require_above_chance(tiny_profile, row, 0.25, {"probs": 0.3, "label": 0.25})
+        require_above_chance(row, 0.25, {"probs": 0.3, "label": 0.25})
     # a victim at 1.5 x chance or below (mini's Diabetic5 stand-in) is not held to it
-    A.require_above_chance(tiny_profile, {"name": "Diabetic5", "victim_acc": 0.375}, 0.25, {"probs": 0.1})
+    require_above_chance({"name": "Diabetic5", "victim_acc": 0.375}, 0.25, {"probs": 0.1})
 
 
 def test_table6_formats_adds_the_extra_columns_for_the_planned_victims_and_seeds(tiny_profile, settings):

@@ -2,10 +2,12 @@ import pytest
 import torch
 
 from kx_utils.core.images import resize_images
+from kx_utils.data import catalog as kc
 from kx_utils.data import datasets as kd
+from kx_utils.data import download as kdl
+from kx_utils.data.catalog import DatasetNotFoundError
 from kx_utils.data.datasets import (
     CorruptImageError,
-    DatasetNotFoundError,
     ImageSet,
     load_split,
     per_class_indices,
@@ -54,7 +56,7 @@ def test_missing_dataset_folder_names_path_and_source(tmp_path, store):
 
 def test_missing_kx_data_says_how_to_set_it(monkeypatch, store, tmp_path):
     monkeypatch.delenv("KX_DATA", raising=False)
-    monkeypatch.setattr(kd, "DEFAULT_DATA_ROOT", tmp_path / "no-data-here")
+    monkeypatch.setattr(kc, "DEFAULT_DATA_ROOT", tmp_path / "no-data-here")
     with pytest.raises(DatasetNotFoundError, match="set KX_DATA"):
         load_split("cifar10", "train", standins=True, size=16, store=store)
 
@@ -68,9 +70,9 @@ def test_corrupt_image_is_named(tiny_data, store):
 
 def test_unknown_dataset_and_split_are_errors():
     with pytest.raises(KeyError, match="cifar10"):
-        kd.dataset_info("mnist")
+        kc.dataset_info("mnist")
     with pytest.raises(KeyError, match="train, test"):
-        kd.dataset_info("gtsrb").location(True, "pool")
+        kc.dataset_info("gtsrb").location(True, "pool")
 
 
 def test_per_class_indices_are_seeded_and_capped():
@@ -97,8 +99,8 @@ def test_resize_keeps_uint8_and_constant_images():
 
 def test_registry_covers_the_papers_datasets():
     assert {"caltech256", "cubs200", "diabetic5", "gtsrb", "cifar10", "imagenet", "openimages",
-            "bing"} <= set(kd.DATASETS)
-    for info in kd.DATASETS.values():
+            "bing"} <= set(kc.DATASETS)
+    for info in kc.DATASETS.values():
         assert info.how_to_get and info.standin_note
 
 
@@ -116,9 +118,9 @@ def test_download_writes_imagefolder_atomically(tmp_path, monkeypatch, store):
 
     def fake_cifar(raw, out):
         for split in ("train", "test"):
-            kd._export_torchvision(FakeTorchvisionSet(), out / split, FakeTorchvisionSet.classes)
+            kdl._export_torchvision(FakeTorchvisionSet(), out / split, FakeTorchvisionSet.classes)
 
-    monkeypatch.setitem(kd.DOWNLOADERS, "cifar10", fake_cifar)
+    monkeypatch.setitem(kdl.DOWNLOADERS, "cifar10", fake_cifar)
     s = load_split("cifar10", "train", standins=False, size=16, root=tmp_path, store=store, allow_download=True)
     assert len(s) == 4 and s.classes == ["cat", "dog"]
 
@@ -126,7 +128,7 @@ def test_download_writes_imagefolder_atomically(tmp_path, monkeypatch, store):
         (out / "train" / "x").mkdir(parents=True)
         raise ConnectionError("network down")
 
-    monkeypatch.setitem(kd.DOWNLOADERS, "gtsrb", broken)
+    monkeypatch.setitem(kdl.DOWNLOADERS, "gtsrb", broken)
     with pytest.raises(ConnectionError):
         load_split("gtsrb", "train", standins=False, size=16, root=tmp_path, store=store, allow_download=True)
     assert not (tmp_path / "gtsrb").exists()  # no half-exported folder is left to be trusted
@@ -134,7 +136,7 @@ def test_download_writes_imagefolder_atomically(tmp_path, monkeypatch, store):
 
 
 def test_without_download_permission_nothing_is_fetched(tmp_path, monkeypatch, store):
-    monkeypatch.setitem(kd.DOWNLOADERS, "cifar10", lambda raw, out: pytest.fail("downloaded"))
+    monkeypatch.setitem(kdl.DOWNLOADERS, "cifar10", lambda raw, out: pytest.fail("downloaded"))
     with pytest.raises(DatasetNotFoundError, match="download"):
         load_split("cifar10", "train", standins=False, size=16, root=tmp_path, store=store)
 

@@ -101,6 +101,23 @@ def test_odin_without_temperature_or_noise_is_msp_and_its_noise_raises_the_max_s
         odin_grid(model, x, [0.0], [0.0])
 
 
+def test_odin_tuned_keeps_the_pair_that_separates_the_tuning_sets_best():
+    from kx_utils.core.detectors.rates import tpr_at_tnr
+    model = LinearToy(4 * torch.eye(3))
+    gen = torch.Generator().manual_seed(0)
+    confident = images_of(torch.eye(3)[torch.randint(0, 3, (30,), generator=gen)] * 0.8
+                          + 0.1 * torch.rand(30, 3, generator=gen))
+    flat = images_of(0.4 + 0.2 * torch.rand(30, 3, generator=gen))  # near-equal logits: out of distribution
+    odin = ODIN.tuned(model, confident, flat, temperatures=[1.0, 1000.0], epsilons=[0.0, 0.01], tnr=0.9)
+    assert set(odin.criteria) == {(1.0, 0.0), (1.0, 0.01), (1000.0, 0.0), (1000.0, 0.01)}
+    grid_in, grid_ood = odin_grid(model, confident, [1.0, 1000.0], [0.0, 0.01]), odin_grid(model, flat, [1.0, 1000.0], [0.0, 0.01])
+    for pair, tpr in odin.criteria.items():
+        assert tpr == tpr_at_tnr(grid_in[pair], grid_ood[pair], 0.9)
+    chosen = (odin.temperature, odin.epsilon)
+    assert odin.criteria[chosen] == max(odin.criteria.values()) > 0.5
+    assert torch.equal(odin.score(flat), grid_ood[chosen])
+
+
 # ---------------------------------------------------------------- Mahalanobis
 
 def test_mahalanobis_gaussians_and_distances_equal_the_hand_computed_values():

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from kx_utils.config.schema import Section5Plan
 from kx_utils.experiments.attack import KnockoffResult, knockoff
 from kx_utils.experiments.in_distribution import (
     flagged_share,
@@ -11,7 +12,6 @@ from kx_utils.experiments.in_distribution import (
     validation_grid,
 )
 from kx_utils.experiments.section5 import (
-    Section5Plan,
     attack_formats,
     batch_size_rows,
     curve_entry,

@@ -21,12 +21,8 @@ from PIL import Image
 
 from kx_utils import __main__ as cli
 from kx_utils import get_profile
-from kx_utils.data.datasets import (
-    CorruptImageError,
-    DataLayoutError,
-    DatasetNotFoundError,
-    load_split,
-)
+from kx_utils.data.catalog import DatasetNotFoundError
+from kx_utils.data.datasets import CorruptImageError, DataLayoutError, load_split
 from kx_utils.experiments.attack import BudgetError, sample_transfer_set
 from kx_utils.experiments.victims import get_victim
 from kx_utils.orchestration import pipeline as pl

@@ -20,7 +20,9 @@ import pytest
 from PIL import Image
 
 from kx_utils import __main__ as cli
+from kx_utils.data import catalog as kc
 from kx_utils.data import datasets as kd
+from kx_utils.data import download as kdl
 from kx_utils.data import fetch as kf
 from kx_utils.data.fetch import archives, build, standins
 from kx_utils.data.fetch.archives import Archive
@@ -303,7 +305,7 @@ def test_a_killed_build_leaves_no_folder_and_is_never_used(mirror, tmp_path, mon
     plan = planning.plan(pl.get_profile("mini"))
     assert any(m.startswith("dataset GTSRB (gtsrb) split train: dataset folder") and "data fetch --profile mini" in m
                for m in plan.missing)
-    with pytest.raises(kd.DatasetNotFoundError, match=str(dest / "gtsrb" / "train")):
+    with pytest.raises(kc.DatasetNotFoundError, match=str(dest / "gtsrb" / "train")):
         kd.split_folder("gtsrb", "train", standins=True)
     outcome = fetch_quietly(dest, options(mirror, mirror))
     assert outcome.built == ["gtsrb"] and any("a build of gtsrb that did not finish" in line for line in outcome.log)
@@ -371,7 +373,7 @@ def test_paper_fetches_what_torchvision_can_and_lists_the_rest_by_hand(tmp_path,
         return export
 
     for key in kf.PAPER_ARCHIVES:
-        monkeypatch.setitem(kd.DOWNLOADERS, key, exporter(key))
+        monkeypatch.setitem(kdl.DOWNLOADERS, key, exporter(key))
     dest = tmp_path / "data"
     outcome = kf.fetch("paper", dest, kf.FetchOptions(mirror=str(mirror), pins_file=str(mirror / "SHA256SUMS")),
                        log=lambda m: None)

@@ -25,7 +25,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from kx_utils import __main__ as cli
+from kx_utils.data import catalog as kc
 from kx_utils.data import datasets as kd
+from kx_utils.data import download as kdl
 from kx_utils.data.fetch import FetchError, diabetic, openimages, paper, paper_status
 from kx_utils.data.fetch.build import BUILDING_PREFIX
 
@@ -519,7 +521,7 @@ class FakeCaltech256:
 def test_caltech256_export_drops_clutter(tmp_path, monkeypatch):
     import torchvision.datasets
     monkeypatch.setattr(torchvision.datasets, "Caltech256", FakeCaltech256)
-    kd._download_caltech256(tmp_path / "raw", tmp_path / "out", test_per_class=1)
+    kdl._download_caltech256(tmp_path / "raw", tmp_path / "out", test_per_class=1)
     for split, per_class in (("train", {"001.ak47": 3, "002.american-flag": 2}),
                              ("test", {"001.ak47": 1, "002.american-flag": 1})):
         assert {c.name: len(list(c.iterdir())) for c in (tmp_path / "out" / split).iterdir()} == per_class
@@ -532,7 +534,7 @@ def test_status_of_an_empty_data_folder_lists_every_dataset_missing_with_its_com
     monkeypatch.setenv("KX_DATA", str(tmp_path))
     assert cli.main(["data", "status", "--profile", "paper"]) == 1
     out = capsys.readouterr().out
-    for key, info in kd.DATASETS.items():
+    for key, info in kc.DATASETS.items():
         for sub in info.splits.values():
             assert f"MISSING    {tmp_path / info.folder / sub} does not exist" in out
     assert f"data build cubs200 --from PATH/CUB_200_2011.tgz --dest {tmp_path}" in out
@@ -548,13 +550,13 @@ def test_status_compares_counts_with_the_papers_and_fails_only_on_missing_or_bro
     dest = tmp_path / "data"
     paper.build_cubs200(make_cub_tgz(tmp_path), dest, log=lambda m: None)
     small = {k: dataclasses.replace(i, paper_classes=3, paper_train=5, paper_test=4) if k == "cubs200" else i
-             for k, i in kd.DATASETS.items()}
+             for k, i in kc.DATASETS.items()}
     monkeypatch.setattr(paper_status, "DATASETS", {"cubs200": small["cubs200"]})
     assert cli.main(["data", "status", "--profile", "paper", "--dest", str(dest)]) == 0
     out = capsys.readouterr().out
     assert "train  ok         3 classes (paper 3), 5 images (paper 5)" in out
     assert "test   ok         3 classes (paper 3), 4 images (paper 4)" in out and "built by `data build`" in out
-    monkeypatch.setattr(paper_status, "DATASETS", {"cubs200": kd.DATASETS["cubs200"]})  # the paper's own counts
+    monkeypatch.setattr(paper_status, "DATASETS", {"cubs200": kc.DATASETS["cubs200"]})  # the paper's own counts
     assert cli.main(["data", "status", "--profile", "paper", "--dest", str(dest)]) == 0
     out = capsys.readouterr().out
     assert "train  DIFFERS    3 classes (paper 200), 5 images (paper 5,994)" in out

@@ -9,9 +9,10 @@ from conftest import TEST_DEVICE
 
 import kx_utils.core.train as kt
 from kx_utils import ProfileError, get_profile
-from kx_utils.config.profiles import Recipe, evaluation_batch_size
+from kx_utils.config.schema import evaluation_batch_size
 from kx_utils.core.devices import pick_device
 from kx_utils.core.models import build_model
+from kx_utils.core.recipe import Recipe
 from kx_utils.core.train import accuracy, augment_batch, fit, predict_logits
 from kx_utils.runtime import integrity
 from kx_utils.runtime.artifacts import atomic_save

@@ -5,8 +5,8 @@ import functools
 import pytest
 import torch
 
-from kx_utils.config.profiles import Recipe
 from kx_utils.core.models import build_model, split_frozen_prefix
+from kx_utils.core.recipe import Recipe
 from kx_utils.core.train import accuracy, fit
 
 # ---------------------------------------------------------------- split_frozen_prefix

@@ -67,7 +67,7 @@ def test_section_5_2_2_values_average_the_seeds_and_keep_the_first_grid(tiny_pro
 
 def test_in_distribution_attack_runs_the_control_only_where_planned(tiny_profile, settings, monkeypatch):
     calls = []
-    monkeypatch.setattr(D, "get_victim", lambda profile, key, store=None: SimpleNamespace(test_accuracy=0.8))
+    monkeypatch.setattr(D, "get_victim", lambda profile, key, store=None: SimpleNamespace(name="Caltech-MNV2", test_accuracy=0.8))
     monkeypatch.setattr(D, "in_distribution_setup", lambda profile, store=None: (SimpleNamespace(classes=range(4)), 12))
     monkeypatch.setattr(D, "knockoff_seeds", lambda *args, **kwargs: [])
     monkeypatch.setattr(D, "knockoff_row", lambda runs: {"surrogate_acc": 0.45, "budget": 300})
@@ -82,7 +82,7 @@ def test_in_distribution_attack_runs_the_control_only_where_planned(tiny_profile
     # outside smoke, the tuned surrogate must beat chance: 0.2 against always answering class 0 of [0, 0, 1, 2]
     monkeypatch.setattr(D, "meaningful_numbers", lambda profile: True)
     monkeypatch.setattr(D, "victim_data", lambda *args: (None, SimpleNamespace(labels=torch.tensor([0, 0, 1, 2]))))
-    with pytest.raises(RuntimeError, match=r"0.200 is not above chance \(0.500\)"):
+    with pytest.raises(RuntimeError, match=r"Caltech-MNV2 tuned in-distribution: surrogate accuracy 0.200 <= chance 0.500"):
         D.in_distribution_attack(tiny_profile, settings)
 
 

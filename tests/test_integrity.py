@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kx_utils.config.profiles import Recipe
+from kx_utils.core.recipe import Recipe
 from kx_utils.core.train import fit
 from kx_utils.runtime import integrity
 from kx_utils.runtime.artifacts import (

@@ -45,7 +45,7 @@ def test_chance_check_applies_only_where_numbers_mean_something(tiny_profile, mo
     at_chance = table2_row(surrogate_acc=0.25)
     kt.check_table2_row(tiny_profile, at_chance, runs)  # smoke: numbers are not held to chance
     monkeypatch.setattr(kt, "meaningful_numbers", lambda profile: True)
-    with pytest.raises(RuntimeError, match="surrogate 0.250 <= chance 0.250"):
+    with pytest.raises(RuntimeError, match="surrogate: surrogate accuracy 0.250 <= chance 0.250"):
         kt.check_table2_row(tiny_profile, at_chance, runs)
     # a victim only 1.2 times above chance (mini's Diabetic5) is not held to it
     kt.check_table2_row(tiny_profile, table2_row(victim_acc=0.3, surrogate_acc=0.2), runs)

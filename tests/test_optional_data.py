@@ -9,6 +9,7 @@ import json
 import pytest
 
 from kx_utils import get_profile
+from kx_utils.data import catalog as kc
 from kx_utils.data import datasets as kd
 from kx_utils.experiments.victims import PRETRAINED_VICTIMS, VICTIMS, available_victims
 from kx_utils.orchestration.run_results import NotebookRun
@@ -27,7 +28,7 @@ def data_root(tmp_path):
 
 def test_only_an_absent_optional_dataset_is_left_out(data_root):
     mini = get_profile("mini", data_root=str(data_root))
-    assert kd.absent_optional_datasets(True, data_root) == {"diabetic5": kd.DATASETS["diabetic5"].standin_optional}
+    assert kc.absent_optional_datasets(True, data_root) == {"diabetic5": kc.DATASETS["diabetic5"].standin_optional}
     assert available_victims(mini) == tuple(k for k in VICTIMS if k != "diabetic5")
     assert available_victims(mini, PRETRAINED_VICTIMS) == ("caltech", "cubs", "gtsrb", "cifar10")
     # the paper profile may go without nothing: a missing Diabetic5 stays in, to fail with its own error
@@ -35,29 +36,29 @@ def test_only_an_absent_optional_dataset_is_left_out(data_root):
     write_image_folder(data_root / DIABETIC_SPLITS[0], classes=2, per_class=1)
     assert "diabetic5" not in available_victims(mini)  # one split is not the dataset
     write_image_folder(data_root / DIABETIC_SPLITS[1], classes=2, per_class=1)
-    assert available_victims(mini) == tuple(VICTIMS) and kd.absent_optional_datasets(True, data_root) == {}
+    assert available_victims(mini) == tuple(VICTIMS) and kc.absent_optional_datasets(True, data_root) == {}
 
 
 def test_without_any_data_folder_every_optional_dataset_is_absent(monkeypatch, tmp_path):
     monkeypatch.delenv("KX_DATA", raising=False)
-    monkeypatch.setattr(kd, "DEFAULT_DATA_ROOT", tmp_path / "nowhere")
-    assert set(kd.absent_optional_datasets(True)) == {"diabetic5"}
-    assert kd.absent_optional_datasets(False) == {}
+    monkeypatch.setattr(kc, "DEFAULT_DATA_ROOT", tmp_path / "nowhere")
+    assert set(kc.absent_optional_datasets(True)) == {"diabetic5"}
+    assert kc.absent_optional_datasets(False) == {}
 
 
 def test_the_default_data_folder_is_used_when_kx_data_is_not_set(monkeypatch, tmp_path):
     monkeypatch.delenv("KX_DATA", raising=False)
-    monkeypatch.setattr(kd, "DEFAULT_DATA_ROOT", tmp_path / "data")
-    with pytest.raises(kd.DatasetNotFoundError, match="python -m kx_utils data fetch --profile mini"):
-        kd.data_root()
+    monkeypatch.setattr(kc, "DEFAULT_DATA_ROOT", tmp_path / "data")
+    with pytest.raises(kc.DatasetNotFoundError, match="python -m kx_utils data fetch --profile mini"):
+        kc.data_root()
     (tmp_path / "data").mkdir()
-    assert kd.data_root() == tmp_path / "data"
+    assert kc.data_root() == tmp_path / "data"
 
 
 def test_a_missing_standin_says_how_to_fetch_it_and_diabetic5_how_to_get_it(data_root):
-    with pytest.raises(kd.DatasetNotFoundError, match="python -m kx_utils data fetch --profile mini"):
+    with pytest.raises(kc.DatasetNotFoundError, match="python -m kx_utils data fetch --profile mini"):
         kd.split_folder("gtsrb", "train", standins=True, root=data_root)
-    with pytest.raises(kd.DatasetNotFoundError, match="needs a Kaggle account"):
+    with pytest.raises(kc.DatasetNotFoundError, match="needs a Kaggle account"):
         kd.split_folder("diabetic5", "train", standins=True, root=data_root)
 
 
@@ -65,7 +66,7 @@ def test_a_notebook_run_records_the_data_it_went_without(data_root, tmp_path):
     run = NotebookRun("02_knockoff", get_profile("mini", data_root=str(data_root)), runs=tmp_path / "runs")
     run.save()
     document = json.loads(run.path.read_text())
-    assert document["data_not_present"] == {"diabetic5": kd.DATASETS["diabetic5"].standin_optional}
+    assert document["data_not_present"] == {"diabetic5": kc.DATASETS["diabetic5"].standin_optional}
     write_image_folder(data_root / DIABETIC_SPLITS[0], classes=2, per_class=1)
     write_image_folder(data_root / DIABETIC_SPLITS[1], classes=2, per_class=1)
     run = NotebookRun("02_knockoff", get_profile("mini", data_root=str(data_root)), runs=tmp_path / "runs")

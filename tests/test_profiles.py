@@ -1,7 +1,8 @@
 import pytest
 
 from kx_utils import PROFILES, ProfileError, get_profile
-from kx_utils.config.profiles import RATIONALE, Section5Plan
+from kx_utils.config.profiles import RATIONALE
+from kx_utils.config.schema import Section5Plan
 
 
 def test_three_profiles_exist_and_paper_keeps_the_papers_settings():

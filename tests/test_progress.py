@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kx_utils.config.profiles import Recipe
 from kx_utils.core import train
+from kx_utils.core.recipe import Recipe
 from kx_utils.runtime import progress
 
 RECIPE = Recipe(epochs=2, batch_size=4, lr=0.05, milestones=())

@@ -103,3 +103,18 @@ def test_every_grid_task_names_its_experiment_and_that_experiments_notebook(name
         assert "surrogate/table5/gtsrb_5l/seed0" in by_task  # a scratch victim: not in Table 2
         assert "04_architecture_and_output" in by_task["surrogate/table2/gtsrb/seed0"].also_for
     json.dumps([t.describe() for t in tasks])
+
+
+def test_a_builder_resolves_each_settings_function_once_for_all_its_experiments():
+    from kx_utils.experiments.registry import TaskBuilder
+    calls = []
+
+    def resolve(profile):
+        calls.append(profile.name)
+        return {"budget": profile.transfer_budget}
+
+    builder = TaskBuilder(get_profile("smoke"))
+    first, second = builder.resolved(resolve), builder.resolved(resolve)
+    assert first is second and calls == ["smoke"]
+    assert TaskBuilder(get_profile("mini")).resolved(resolve)["budget"] == get_profile("mini").transfer_budget
+    assert calls == ["smoke", "mini"]  # a new builder (a new grid) resolves again

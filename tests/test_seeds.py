@@ -109,7 +109,7 @@ def test_each_profile_runs_its_seeds_and_its_single_seed_experiments_on_the_firs
         assert {e: seeds_for(p, e) for e in SEEDED_EXPERIMENTS} == {
             e: seeds[:1] if e in limited else seeds for e in SEEDED_EXPERIMENTS}, name
     # a profile that names neither runs the dataclasses' defaults: seed 0, no experiment limited
-    from kx_utils.config.profiles import Profile, Section5Plan
+    from kx_utils.config.schema import Profile, Section5Plan
     assert Profile.__dataclass_fields__["surrogate_seeds"].default == (0,)
     assert Section5Plan.__dataclass_fields__["single_seed"].default == ()
 
@@ -161,3 +161,12 @@ def test_seeds_for_unknown_experiment_raises():
 def test_seeded_mean_matches_statistics():
     values = [0.61, 0.58, 0.66]
     assert seeded("a", values)["a"] == pytest.approx(statistics.fmean(values))
+
+
+def test_every_seeded_draw_has_its_own_stream_and_an_unknown_one_is_refused():
+    from kx_utils.config.seeds import SEED_OFFSETS, stream_seed
+    offsets = list(SEED_OFFSETS.values())
+    assert len(set(offsets)) == len(offsets) and 0 not in offsets  # 0: the profile's own seed (the test caps)
+    assert stream_seed(5, "validation_in") == 5 + 213 and stream_seed(3, "attacker_validation") == 4
+    with pytest.raises(ValueError, match="unknown seed stream 'validation'; valid: scratch_detector_in"):
+        stream_seed(0, "validation")

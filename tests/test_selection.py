@@ -46,11 +46,13 @@ def test_best_epoch_takes_the_earliest_of_tied_epochs_in_any_order():
 
 
 def test_the_tuning_grid_and_the_noise_size_keep_the_earliest_of_tied_points():
-    from kx_utils.core.detectors.baselines import Mahalanobis
-    from kx_utils.experiments.ood_baselines import _best_on_grid
-    grid = [{"epsilon": 0.0, "tpr": 0.5}, {"epsilon": 0.001, "tpr": 0.9}, {"epsilon": 0.002, "tpr": 0.9}]
-    assert _best_on_grid(grid) is grid[1]
+    from kx_utils.core.detectors.baselines import Mahalanobis, choose_odin
     gen = torch.Generator().manual_seed(0)
+    s_in, s_ood = torch.rand(40, generator=gen), torch.rand(40, generator=gen) + 0.5
+    # ODIN: pairs (1, 0) and (10, 0) score alike and better than (1000, 0): the first in the grid's order wins
+    pair, criteria = choose_odin({(1000.0, 0.0): s_ood, (1.0, 0.0): s_in, (10.0, 0.0): s_in},
+                                 {(1000.0, 0.0): s_in, (1.0, 0.0): s_ood, (10.0, 0.0): s_ood}, 0.95)
+    assert pair == (1.0, 0.0) and criteria[(1.0, 0.0)] == criteria[(10.0, 0.0)] > criteria[(1000.0, 0.0)]
     scores_in, scores_ood = torch.randn(30, 2, generator=gen), torch.randn(30, 2, generator=gen) + 1.5
     maha = Mahalanobis(torch.nn.Linear(1, 1))
     # the same layer scores at three noise sizes: the same criterion, so the smallest size is kept

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kx_utils.config.profiles import PAPER_ADAM, PAPER_SGD, Recipe
+from kx_utils.config.profiles import PAPER_ADAM, PAPER_SGD
+from kx_utils.core.recipe import Recipe
 from kx_utils.core.train import (
     augment_batch,
     best_epoch,

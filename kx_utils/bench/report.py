@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config.profiles import PROFILE_KEYS, PROFILES, Profile
+from ..config.profiles import PROFILES
+from ..config.schema import PROFILE_KEYS, Profile
 from ..core.flops import TRAIN_STEP_FORWARDS, peak_fraction
 from .timing import BenchRun, Timing
 

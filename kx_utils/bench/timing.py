@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..config.profiles import Profile
+from ..config.schema import Profile
 from ..core.devices import (
     CudaUnavailableError,
     autotuned_convolutions,

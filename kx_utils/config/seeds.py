@@ -13,7 +13,32 @@ from __future__ import annotations
 import statistics
 from typing import Iterable, Mapping, Sequence
 
-from .profiles import SEEDED_EXPERIMENTS, Profile
+from .schema import SEEDED_EXPERIMENTS, Profile
+
+# Every seeded draw beside an attack's own, as an offset from the profile's seed, in one table: two draws
+# that shared a stream by accident would pick correlated subsets.  The values are the ones every stored
+# result was drawn with; changing one changes the data of the experiments that use it.
+SEED_OFFSETS = {
+    "scratch_detector_in": 1,  # a scratch detector's capped in-distribution training images
+    "scratch_detector_ood": 2,  # ... and its capped OOD training images
+    "defender_share": 101,  # the order of ImageNet's train split: the defender's share comes first
+    "validation_imagenet": 211,  # the "published" protocol's validation sample of the ImageNet test set
+    "validation_openimages": 212,  # ... of the Open Images test set
+    "validation_in": 213,  # ... of the victim's test set
+    "baseline_tuning": 214,  # the "fair" tuning images, out of the victim's training set
+}
+# offsets from an attack's own seed
+ATTACK_SEED_OFFSETS = {
+    "attacker_validation": 1,  # the queries the attacker holds out for validation
+}
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of the draw ``stream`` (:data:`SEED_OFFSETS` or :data:`ATTACK_SEED_OFFSETS`) from ``seed``."""
+    offsets = {**SEED_OFFSETS, **ATTACK_SEED_OFFSETS}
+    if stream not in offsets:
+        raise ValueError(f"unknown seed stream {stream!r}; valid: {', '.join(offsets)}")
+    return seed + offsets[stream]
 
 
 def seeds_for(profile: Profile, experiment: str) -> tuple[int, ...]:
@@ -22,6 +47,14 @@ def seeds_for(profile: Profile, experiment: str) -> tuple[int, ...]:
         raise ValueError(f"unknown experiment {experiment!r}; valid: {', '.join(SEEDED_EXPERIMENTS)}")
     seeds = tuple(profile.surrogate_seeds)
     return seeds[:1] if experiment in profile.section5.single_seed else seeds
+
+
+SEEDS_SUFFIX = "_seeds"
+
+
+def seeds_column(column: str) -> str:
+    """The name of ``column``'s per-seed values in a row (the one place that spelling is made)."""
+    return column + SEEDS_SUFFIX
 
 
 def seeded(column: str, values: Sequence[float | None]) -> dict:
@@ -33,7 +66,7 @@ def seeded(column: str, values: Sequence[float | None]) -> dict:
         return {column: None}
     out = {column: statistics.fmean(values)}
     if len(values) >= 2:
-        out[f"{column}_seeds"] = list(values)
+        out[seeds_column(column)] = list(values)
     return out
 
 

@@ -196,7 +196,7 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     images kept at 256 px, as the Knockoff authors' code does); None: the images' own side.
 
     ``compile_model`` trains through ``torch.compile`` of the trained network (the profile's
-    ``compile_models``, off by default: :class:`kx_utils.config.profiles.Profile` says why); evaluation
+    ``compile_models``, off by default: :class:`kx_utils.config.schema.Profile` says why); evaluation
     runs the network as it is.  On CUDA the sets live on the GPU for the whole call, so they must
     fit in its memory (224 px images take 150 KB each as uint8).
     """

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config.profiles import Profile, Recipe, evaluation_batch_size
+from ..config.schema import Profile, evaluation_batch_size
+from ..config.seeds import stream_seed
 from ..core.api import PredictionAPI, answered_rows, answers_to_targets, api_description
 from ..core.images import resize_images
 from ..core.models import build_model
+from ..core.recipe import Recipe
 from ..core.seeded import seeded_indices, seeded_permutation
 from ..core.train import (
     best_epoch,
@@ -26,7 +28,8 @@ from ..core.train import (
     pick_device,
     predict_logits,
 )
-from ..data.datasets import ImageSet, dataset_info, remembered
+from ..data.catalog import dataset_info
+from ..data.datasets import ImageSet, remembered
 from ..runtime.artifacts import ArtifactStore, artifact_kind
 from .victims import (
     Victim,
@@ -354,7 +357,7 @@ def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, an
     test = victim_test_set(profile, victim.key, pool_images.image_size, store)
     eval_sets = {"test": (test.images, test.labels)}
     if validation_fraction > 0:
-        order = seeded_permutation(len(images), seed + 1)
+        order = seeded_permutation(len(images), stream_seed(seed, "attacker_validation"))
         n_val = max(1, int(round(validation_fraction * len(images))))
         val_idx, train_idx = order[:n_val], order[n_val:]
         eval_sets["val"] = (images[val_idx], targets[val_idx].argmax(1))

@@ -10,9 +10,9 @@ forbidden (:data:`kx_utils.core.train.NO_TRAINING_ENV`).
 
 from __future__ import annotations
 
-from ..config.profiles import Profile
+from ..config.schema import Profile
 from ..config.seeds import seeds_for
-from ..data.datasets import DATASETS
+from ..data.catalog import DATASETS
 from .registry import Experiment, Notebook, TaskBuilder, declare
 from .section5 import EXTRA_FORMATS, PAPER_FORMATS, Section5Settings, table2_attack
 from .victims import (
@@ -79,7 +79,7 @@ def describe_table2(p: Profile) -> str:
 
 
 def budget_curve_tasks(b: TaskBuilder) -> None:
-    s = Section5Settings.resolve(b.profile)
+    s = b.resolved(Section5Settings.resolve)
     for key in s.budget_curve_victims:
         for budget in s.budget_curve_budgets:
             for seed in seeds_for(b.profile, "budget_curves"):
@@ -143,7 +143,7 @@ def describe_filter(p: Profile) -> str:
 
 
 def table5_tasks(b: TaskBuilder) -> None:
-    s = Section5Settings.resolve(b.profile)
+    s = b.resolved(Section5Settings.resolve)
     for key in s.table5_victims:
         for seed in seeds_for(b.profile, "table5"):
             b.surrogate(f"surrogate/table5/{key}/seed{seed}", key, seed=seed, **s.attack)
@@ -154,7 +154,7 @@ def describe_table5(p: Profile) -> str:
 
 
 def table6_tasks(b: TaskBuilder) -> None:
-    s = Section5Settings.resolve(b.profile)
+    s = b.resolved(Section5Settings.resolve)
     for key in s.table6_victims:
         for seed in seeds_for(b.profile, "table6"):
             extra = key in s.extra_format_victims and seed in seeds_for(b.profile, "extra_formats")
@@ -178,7 +178,7 @@ def describe_figure1(p: Profile) -> str:
 
 
 def section_5_1_3_tasks(b: TaskBuilder) -> None:
-    s = Section5Settings.resolve(b.profile)
+    s = b.resolved(Section5Settings.resolve)
     for seed in seeds_for(b.profile, "section_5_1_3") if s.diabetic5_present else ():
         b.add(f"surrogates/5.1.3/seed{seed}", "kx_utils.experiments.section5:section_5_1_3_pair", seed, s.recipe,
               after=(b.victim["gtsrb"],))
@@ -192,7 +192,7 @@ def describe_section_5_1_3(p: Profile) -> str:
 
 
 def table7_tasks(b: TaskBuilder) -> None:
-    s = Section5Settings.resolve(b.profile)
+    s = b.resolved(Section5Settings.resolve)
     for key in s.table7_victims:
         for size in s.table7_batch_sizes:
             for seed in seeds_for(b.profile, "table7_bs16" if size == 16 else "table7"):
@@ -213,7 +213,7 @@ def describe_table7(p: Profile) -> str:
 
 
 def figure2_tasks(b: TaskBuilder) -> None:
-    s = Section5Settings.resolve(b.profile)
+    s = b.resolved(Section5Settings.resolve)
     for key in s.figure2_victims:
         for seed in seeds_for(b.profile, "figure2"):
             b.surrogate(f"surrogate/figure2/{key}/seed{seed}", key, seed=seed, budget=s.figure2_budget,
@@ -230,7 +230,7 @@ def describe_figure2(p: Profile) -> str:
 
 
 def section_5_2_2_tasks(b: TaskBuilder) -> None:
-    s = Section5Settings.resolve(b.profile)
+    s = b.resolved(Section5Settings.resolve)
     for seed in seeds_for(b.profile, "section_5_2_2"):
         for pool in ("bing", "imagenet") if s.imagenet_control else ("bing",):
             b.add(f"surrogates/5.2.2/{pool}/seed{seed}", "kx_utils.experiments.in_distribution:in_distribution_grid",

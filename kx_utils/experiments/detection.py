@@ -21,7 +21,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..config.profiles import Profile, evaluation_batch_size
+from ..config.schema import Profile, evaluation_batch_size
+from ..config.seeds import stream_seed
 from ..core.api import PredictionAPI
 from ..core.batching import batched_outputs, module_device
 from ..core.detectors.binary import (
@@ -39,7 +40,7 @@ from ..core.detectors.rates import (
 from ..core.models import SHORT_NAMES, weights_identity
 from ..core.selection import best
 from ..core.train import pick_device
-from ..data.datasets import dataset_info
+from ..data.catalog import dataset_info
 from ..runtime.artifacts import ArtifactStore, artifact_kind, settings_key
 from .attack import answer_transfer_set
 from .detection_sets import (
@@ -169,8 +170,9 @@ def scratch_detector(profile: Profile, victim_key: str, arch: str, starred: bool
     blob = store.load(DETECTOR, settings)
     if blob is None:
         in_train = data.kept(data.in_train) if starred else data.in_train
-        in_train = in_train.capped(profile.detector_scratch_train, profile.seed + 1)
-        ood_train = data.ood_train.capped(profile.detector_scratch_train, profile.seed + 2)
+        in_train = in_train.capped(profile.detector_scratch_train, stream_seed(profile.seed, "scratch_detector_in"))
+        ood_train = data.ood_train.capped(profile.detector_scratch_train,
+                                           stream_seed(profile.seed, "scratch_detector_ood"))
         checkpoint = store.scratch_path(DETECTOR, settings, "ckpt")
         detector.fit(in_train.images, ood_train.images, checkpoint=checkpoint, progress=profile.progress)
         store.save(DETECTOR, settings, detector.state())

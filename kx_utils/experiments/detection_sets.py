@@ -23,9 +23,11 @@ from typing import Callable
 
 import torch
 
-from ..config.profiles import Profile
+from ..config.schema import Profile
+from ..config.seeds import stream_seed
 from ..core.seeded import seeded_permutation, seeded_split
-from ..data.datasets import ImageSet, class_folders, dataset_info
+from ..data.catalog import dataset_info
+from ..data.datasets import ImageSet, class_folders
 from ..data.overlap import overlapping_class_indices
 from ..runtime.artifacts import ArtifactStore, settings_key
 from ..runtime.memo import Memo
@@ -45,10 +47,6 @@ def dataset_folder(profile: Profile, dataset: str) -> str:
     """The folder name whose classes a dataset's overlap list names (the stand-in's in mini/smoke)."""
     info = dataset_info(dataset)
     return info.standin if profile.standins else info.folder
-
-
-OOD_SPLIT_SEED_OFFSET = 101
-VALIDATION_SEED_OFFSET = 211
 
 
 @dataclass
@@ -105,7 +103,7 @@ def defender_share(profile: Profile, imagenet_train: ImageSet) -> tuple[torch.Te
     """The seeded order of the ImageNet train split and how many of its first images are the defender's."""
     if not 0.0 < profile.detector_ood_share <= 1.0:
         raise ValueError(f"detector_ood_share must lie in (0, 1], got {profile.detector_ood_share}")
-    order = seeded_permutation(len(imagenet_train), profile.seed + OOD_SPLIT_SEED_OFFSET)
+    order = seeded_permutation(len(imagenet_train), stream_seed(profile.seed, "defender_share"))
     return order, round(profile.detector_ood_share * len(imagenet_train))
 
 
@@ -119,13 +117,13 @@ def _ood_sets(profile: Profile, size: int, store: ArtifactStore) -> dict:
         rest = rest[:profile.detector_ood_train]
     ood_tune = imagenet_train.subset(torch.sort(defender[:n_tune]).values)
     ood_train = imagenet_train.subset(torch.sort(rest).values)
-    seed, fraction = profile.seed + VALIDATION_SEED_OFFSET, profile.published_validation_fraction
+    fraction = profile.published_validation_fraction
     ood_test = load_dataset_split(profile, "imagenet", "test", size, store=store).capped(
         profile.detector_ood_test, profile.seed)
     openimages = load_dataset_split(profile, "openimages", "test", size, store=store).capped(
         profile.openimages_test, profile.seed)
-    imagenet_val, ood_test = split_off(ood_test, fraction, seed)
-    openimages_val, openimages = split_off(openimages, fraction, seed + 1)
+    imagenet_val, ood_test = split_off(ood_test, fraction, stream_seed(profile.seed, "validation_imagenet"))
+    openimages_val, openimages = split_off(openimages, fraction, stream_seed(profile.seed, "validation_openimages"))
     return {"ood_train": ood_train, "ood_tune": ood_tune, "ood_test": ood_test, "openimages_test": openimages,
             "imagenet_val": imagenet_val, "openimages_val": openimages_val,
             "defender_files": frozenset(imagenet_train.files[i] for i in defender.tolist())}
@@ -147,10 +145,10 @@ def detection_data(profile: Profile, victim_key: str, store: ArtifactStore | Non
     in_key = {**_loading(profile, store, size, victim_key), "seed": profile.seed,
               "train_per_class": profile.train_per_class, "test_per_class": profile.test_per_class}
     in_train, in_test = memoized(in_key, lambda: victim_data(profile, victim_key, store))
-    seed = profile.seed + VALIDATION_SEED_OFFSET
-    in_val, in_test = split_off(in_test, profile.published_validation_fraction, seed + 2)
+    in_val, in_test = split_off(in_test, profile.published_validation_fraction,
+                                stream_seed(profile.seed, "validation_in"))
     n_tune = min(profile.baseline_tuning_size, len(in_train) // 2)
-    tune, fit = seeded_split(len(in_train), n_tune, seed + 3)
+    tune, fit = seeded_split(len(in_train), n_tune, stream_seed(profile.seed, "baseline_tuning"))
     in_tune, in_fit = in_train.subset(tune), in_train.subset(fit)
     folders = class_folders(spec.dataset, "train", standins=profile.standins, root=profile.data_root)
     if len(folders) != in_train.num_classes:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Iterable, Mapping
 
-from ..config.profiles import Profile
+from ..config.schema import Profile
 from ..core.models import SHORT_NAMES
 from ..runtime import regime
 from ..runtime.artifacts import ArtifactStore

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
-from ..config.profiles import RATIONALE, VICTIM_KEYS, Profile
+from ..config.profiles import RATIONALE
+from ..config.schema import VICTIM_KEYS, Profile
 from ..config.seeds import seeds_for, seeds_note
 from ..runtime.artifacts import ArtifactStore
 from ..runtime.regime import meaningful_numbers
-from .architecture_and_output import chance_level, require_above_chance
 from .attack import KnockoffResult, knockoff
 from .section5 import (
     Section5Settings,
@@ -29,6 +29,7 @@ from .section5 import (
     early_stopping_row,
     knockoff_seeds,
 )
+from .victims import chance_level, require_above_chance
 
 PAPER_BATCH_SIZES = (16, 64, 128, 256)
 REFERENCE_BATCH_SIZE = 64  # the equal-steps control matches batch 64's number of SGD steps
@@ -48,7 +49,7 @@ def table7_rows(profile: Profile, settings: Section5Settings, store: ArtifactSto
         for batch_size, runs in per_batch_size.items():
             check_batch_size_runs(profile, settings, key, batch_size, runs)
         if meaningful_numbers(profile):
-            require_above_chance(profile, row, chance_level(profile, key, store),
+            require_above_chance(row, chance_level(profile, key, store),
                                  {f"bs{b}": row[f"bs{b}"] for b in settings.table7_batch_sizes})
     default = profile.surrogate_recipe.batch_size
     if rows and default in settings.table7_batch_sizes:  # Table 7's default column is notebook 04's surrogate
@@ -136,7 +137,7 @@ def figure2_entries(profile: Profile, settings: Section5Settings, store: Artifac
             raise RuntimeError(f"Figure 2 {key}: last ({row['final_acc']}) or validation-selected "
                                f"({row['val_selected_acc']}) accuracy above the best epoch's ({row['best_acc']})")
         if meaningful_numbers(profile):
-            require_above_chance(profile, entry, chance_level(profile, key, store), {"final": entry["final_acc"]})
+            require_above_chance(entry, chance_level(profile, key, store), {"final": entry["final_acc"]})
     return figure2, early
 
 

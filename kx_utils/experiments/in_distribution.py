@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from ..config.profiles import RATIONALE, Profile
+from ..config.profiles import RATIONALE
+from ..config.schema import Profile
 from ..config.seeds import seeded, seeds_for, seeds_note
 from ..runtime.artifacts import ArtifactStore
 from ..runtime.regime import meaningful_numbers
@@ -27,7 +28,13 @@ from .section5 import (
     table2_attack,
     transfer_answers,
 )
-from .victims import chance_accuracy, get_victim, victim_data, victim_image_size
+from .victims import (
+    chance_accuracy,
+    get_victim,
+    require_above_chance,
+    victim_data,
+    victim_image_size,
+)
 
 
 def select_by_validation(histories: Mapping[int, list[dict]]) -> tuple[int, dict]:
@@ -159,10 +166,9 @@ def in_distribution_attack(profile: Profile, settings: Section5Settings, store: 
     for grid in grids["bing"] + grids.get("imagenet", []):
         check_grid_cells(grid, settings.grid_batch_sizes, settings.grid_epochs)
     if meaningful_numbers(profile):
-        floor = chance_accuracy(victim_data(profile, "caltech", store)[1].labels)
-        if not grids["bing"][0]["test_acc"] > floor:
-            raise RuntimeError(f"the tuned in-distribution surrogate's accuracy {grids['bing'][0]['test_acc']:.3f} "
-                               f"is not above chance ({floor:.3f})")
+        require_above_chance({"name": victim.name, "victim_acc": victim.test_accuracy},
+                             chance_accuracy(victim_data(profile, "caltech", store)[1].labels),
+                             {"tuned in-distribution": grids["bing"][0]["test_acc"]})
     return InDistributionAttack(seeds=seeds, budget=budget, pool_classes=len(bing.classes),
                                 victim_acc=victim.test_accuracy, grids=grids["bing"],
                                 controls=grids.get("imagenet", []), imagenet=imagenet)

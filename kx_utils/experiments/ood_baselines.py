@@ -14,11 +14,10 @@ from typing import Iterable
 
 import torch
 
-from ..config.profiles import Profile, evaluation_batch_size
+from ..config.schema import Profile, evaluation_batch_size
 from ..core.detectors import baselines as B
 from ..core.detectors.layers import stage_names
-from ..core.detectors.rates import auroc, fpr_at_tpr, tpr_at_tnr
-from ..core.selection import best
+from ..core.detectors.rates import auroc, fpr_at_tpr
 from ..core.train import pick_device
 from ..runtime.artifacts import ArtifactStore, artifact_kind, settings_key
 from ..runtime.memo import Memo
@@ -119,37 +118,27 @@ def tune_baselines(profile: Profile, victim: Victim, data: DetectionData, varian
         return found
     t0 = time.perf_counter()
     pairs = [(t, e) for t in profile.odin_temperatures for e in profile.odin_epsilons]
-    odin_in = odin_scores(profile, victim, in_images, pairs, store)
-    odin_ood = odin_scores(profile, victim, ood_images, pairs, store)
-    odin_grid = [{"temperature": t, "epsilon": e, "tpr": tpr_at_tnr(odin_in[(t, e)], odin_ood[(t, e)],
-                                                                     profile.baseline_tnr)} for t, e in odin_in]
-    maha_grid = []
-    maha_in = mahalanobis_layer_scores(profile, victim, data, in_images, profile.mahalanobis_epsilons, store)
-    maha_ood = mahalanobis_layer_scores(profile, victim, data, ood_images, profile.mahalanobis_epsilons, store)
-    for eps in maha_in:
-        m_in, m_ood = maha_in[eps], maha_ood[eps]
-        ensemble = B.fit_layer_ensemble(m_in, m_ood, seed=profile.seed)
-        maha_grid.append({"epsilon": float(eps), "ensemble": ensemble,
-                          "tpr": tpr_at_tnr(B.ensemble_scores(ensemble, m_in), B.ensemble_scores(ensemble, m_ood),
-                                            profile.baseline_tnr)})
-    odin_best, maha_best = _best_on_grid(odin_grid), _best_on_grid(maha_grid)
+    (temperature, epsilon), odin_tprs = B.choose_odin(odin_scores(profile, victim, in_images, pairs, store),
+                                                      odin_scores(profile, victim, ood_images, pairs, store),
+                                                      profile.baseline_tnr)
+    maha_eps, pipeline, maha_tprs = B.choose_layer_ensemble(
+        mahalanobis_layer_scores(profile, victim, data, in_images, profile.mahalanobis_epsilons, store),
+        mahalanobis_layer_scores(profile, victim, data, ood_images, profile.mahalanobis_epsilons, store),
+        profile.baseline_tnr, seed=profile.seed)
+    ensemble = B.ensemble_of(pipeline)
     result = {"variant": variant, "ood": ood if variant == "published" else "imagenet_train_held_out",
-              "odin_temperature": odin_best["temperature"], "odin_epsilon": odin_best["epsilon"],
-              "odin_tuning_tpr": odin_best["tpr"], "mahalanobis_epsilon": maha_best["epsilon"],
-              "mahalanobis_tuning_tpr": maha_best["tpr"], "mahalanobis_ensemble": maha_best["ensemble"],
-              "mahalanobis_layer_weights": [float(w) for w in maha_best["ensemble"]["coef"]],
+              "odin_temperature": temperature, "odin_epsilon": epsilon,
+              "odin_tuning_tpr": odin_tprs[(temperature, epsilon)], "mahalanobis_epsilon": maha_eps,
+              "mahalanobis_tuning_tpr": maha_tprs[maha_eps], "mahalanobis_ensemble": ensemble,
+              "mahalanobis_layer_weights": [float(w) for w in ensemble["coef"]],
               "mahalanobis_layers": stage_names(victim.model),
               "criterion": f"TPR at TNR {profile.baseline_tnr:.0%}", "tuning_in": len(in_images),
-              "tuning_ood": len(ood_images), "odin_grid": odin_grid,
-              "mahalanobis_grid": [{"epsilon": g["epsilon"], "tpr": g["tpr"]} for g in maha_grid],
+              "tuning_ood": len(ood_images),
+              "odin_grid": [{"temperature": t, "epsilon": e, "tpr": tpr} for (t, e), tpr in odin_tprs.items()],
+              "mahalanobis_grid": [{"epsilon": float(e), "tpr": tpr} for e, tpr in maha_tprs.items()],
               "seconds": time.perf_counter() - t0}
     store.save(BASELINE_TUNING, settings, result)
     return result
-
-
-def _best_on_grid(results: list[dict]) -> dict:
-    """The grid point with the highest tuning TPR; ties go to the earliest (smallest) values."""
-    return best(results, lambda r: r["tpr"], ties="first")
 
 
 def baseline_scores(profile: Profile, victim: Victim, data: DetectionData, tuning: dict, images: torch.Tensor,

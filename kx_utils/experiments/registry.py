@@ -19,10 +19,12 @@ import contextlib
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
-from ..config.profiles import Profile
+from ..config.schema import Profile
 from ..runtime.artifacts import ArtifactStore, settings_key
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,14 @@ class TaskBuilder:
         self.victim: dict[str, str] = {}
         self.experiment: Experiment | None = None  # the entry whose tasks are being added
         self._made_by: dict[str, str] = {}  # surrogate artifact key -> the task that makes it
+        self._resolved: dict[Callable, object] = {}
+
+    def resolved(self, resolve: Callable[[Profile], T]) -> T:
+        """``resolve(self.profile)`` (e.g. ``Section5Settings.resolve``), computed once per builder: every
+        experiment of one grid sees the same resolved settings."""
+        if resolve not in self._resolved:
+            self._resolved[resolve] = resolve(self.profile)
+        return self._resolved[resolve]
 
     def add(self, name: str, function: str, *args, after: tuple[str, ...] = (), **kwargs) -> str:
         exp = self.experiment

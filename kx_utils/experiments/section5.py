@@ -12,8 +12,8 @@ Notebooks 04-06 call these helpers:
   attacker of 5.2.2) and :func:`flagged_share` (its detection).
 
 :func:`section5_plan` returns the sizes of these experiments, which each profile carries
-(``Profile.section5``, a :class:`~kx_utils.config.profiles.Section5Plan`), with a notebook's own
-changes applied; :data:`RATIONALE` says why ``mini`` departs from the paper's sizes.
+(``Profile.section5``, a :class:`~kx_utils.config.schema.Section5Plan`), with a notebook's own
+changes applied; :data:`kx_utils.config.profiles.RATIONALE` says why ``mini`` departs from the paper's sizes.
 """
 
 from __future__ import annotations
@@ -24,18 +24,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from ..config.profiles import (  # noqa: F401 (re-exported)
-    FIGURE2_VICTIMS,
-    RATIONALE,
-    SECTION5_KEYS,
-    Profile,
-    Section5Plan,
-)
+from ..config.schema import SECTION5_KEYS, Profile, Section5Plan
 from ..config.seeds import mean_curve, seeded, seeded_columns, seeds_for
 from ..core.api import answered_rows, answers_to_targets
 from ..core.recipe import Recipe
 from ..core.selection import argmax, best
-from ..data.datasets import absent_optional_datasets
+from ..data.catalog import absent_optional_datasets
 from ..runtime.artifacts import ArtifactStore
 from .attack import KnockoffResult, answer_transfer_set, knockoff
 from .victims import PRETRAINED_VICTIMS, available_victims, get_victim
@@ -71,7 +65,7 @@ def section5_plan(profile: Profile, **changes) -> Section5Plan:
 @dataclass(frozen=True)
 class Section5Settings:
     """The sizes of Section 5's experiments (notebooks 04-06), each "None: the profile's value" of the
-    profile's :class:`~kx_utils.config.profiles.Section5Plan` resolved here, once: the grid, ``--plan``, the
+    profile's :class:`~kx_utils.config.schema.Section5Plan` resolved here, once: the grid, ``--plan``, the
     projection and the notebooks read these fields and never fall back on their own.
 
     Victim lists hold only the victims a run of the profile can train (:func:`available_victims`).

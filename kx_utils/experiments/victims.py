@@ -8,20 +8,17 @@ notebook can run alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-from ..config.profiles import VICTIM_KEYS, Profile, Recipe, evaluation_batch_size
+from ..config.schema import VICTIM_KEYS, Profile, evaluation_batch_size
 from ..core.models import SHORT_NAMES, Classifier, build_model
+from ..core.recipe import Recipe
 from ..core.train import fit, per_class_accuracy, pick_device, predict_logits
-from ..data.datasets import (
-    ImageSet,
-    absent_optional_datasets,
-    dataset_info,
-    load_split,
-    split_content_digest,
-)
+from ..data.catalog import absent_optional_datasets, dataset_info
+from ..data.datasets import ImageSet, load_split, split_content_digest
 from ..data.imagefolder import resized_side
 from ..runtime.artifacts import ArtifactStore, artifact_kind
 
@@ -242,6 +239,24 @@ def clearly_learned(victim_accuracy: float, chance: float) -> bool:
     above always answering "no DR"; its surrogates cannot honestly be required to beat that.
     """
     return victim_accuracy > CLEARLY_LEARNED * chance
+
+
+def require_above_chance(row: Mapping, chance: float, accuracies: Mapping[str, float | None]) -> None:
+    """Raise when a surrogate of a victim clearly above chance (``row["victim_acc"]``) does not beat chance.
+
+    A victim barely above chance itself (mini's Diabetic5 stand-in) cannot be held to it; an accuracy of
+    None was not measured. Callers apply it only where numbers mean something (outside ``smoke``)."""
+    if not clearly_learned(row["victim_acc"], chance):
+        return
+    for what, acc in accuracies.items():
+        if acc is not None and not acc > chance:
+            raise RuntimeError(f"{row['name']} {what}: surrogate accuracy {acc:.3f} <= chance {chance:.3f}, "
+                               f"for a victim at {row['victim_acc']:.3f}")
+
+
+def chance_level(profile: Profile, key: str, store: ArtifactStore | None = None) -> float:
+    """The victim's chance accuracy: always answering its most frequent test class."""
+    return chance_accuracy(victim_data(profile, key, store)[1].labels)
 
 
 def table1_rows(profile: Profile, store: ArtifactStore | None = None) -> dict:

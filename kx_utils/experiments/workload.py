@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..config.profiles import Profile
+from ..config.schema import Profile
 
 if TYPE_CHECKING:  # the registry imports this module for pool_size: no import back at run time
     from .registry import Task
@@ -80,12 +80,8 @@ class CpuWork:
 
 def split_size_and_source(profile: Profile, dataset: str, split: str) -> tuple[int, str | None]:
     """Images of a split and the folder they were counted in; (the paper's count, None) without one."""
-    from ..data.datasets import (
-        DATASETS,
-        DatasetNotFoundError,
-        list_image_folder,
-        split_folder,
-    )
+    from ..data.catalog import DATASETS, DatasetNotFoundError
+    from ..data.datasets import list_image_folder, split_folder
     info = DATASETS[dataset]
     try:
         folder = split_folder(dataset, split, profile.standins, profile.data_root, allow_download=False)
@@ -108,7 +104,7 @@ def _capped(n: int, per_class: int | None, classes: int | None) -> int:
 
 
 def victim_sizes(profile: Profile, key: str) -> tuple[int, int]:
-    from ..data.datasets import DATASETS
+    from ..data.catalog import DATASETS
     from .victims import victim_spec
     dataset = victim_spec(key).dataset
     classes = DATASETS[dataset].paper_classes
@@ -144,7 +140,7 @@ def surrogate_work(profile: Profile, key: str, *, budget=None, recipe=None, batc
 
 
 def _in_distribution_budget(profile: Profile) -> int:
-    from ..data.datasets import DATASETS
+    from ..data.catalog import DATASETS
     bing, per_class = pool_size(profile, "bing", "train"), profile.in_distribution_per_class
     return bing if per_class is None else min(bing, per_class * (DATASETS["bing"].paper_classes or 1))
 

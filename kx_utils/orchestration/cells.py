@@ -1,7 +1,7 @@
 """``%%needs_data P diabetic5``: a notebook cell that runs only when the data it needs is present.
 
 Load it with ``%load_ext kx_utils.orchestration.cells``.  The first word names the notebook's profile variable,
-the second a dataset (a key of :data:`kx_utils.data.datasets.DATASETS`).  When the profile may go without
+the second a dataset (a key of :data:`kx_utils.data.catalog.DATASETS`).  When the profile may go without
 that dataset (mini's Diabetic5 stand-in, ``DatasetInfo.standin_optional``) and it is not present,
 the cell is skipped with a line saying so, and the report marks what it would have measured
 "data not present".  Otherwise the cell runs as if the line were not there: its errors fail the
@@ -10,7 +10,7 @@ notebook, and a required dataset that is missing fails with the loader's own err
 
 from __future__ import annotations
 
-from ..data.datasets import absent_optional_datasets, dataset_info
+from ..data.catalog import absent_optional_datasets, dataset_info
 
 USAGE = "usage: %%needs_data <profile variable> <dataset>, e.g. %%needs_data P diabetic5"
 

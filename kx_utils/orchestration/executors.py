@@ -38,7 +38,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
-from ..config.profiles import Profile
+from ..config.schema import Profile
 from ..experiments.registry import Task
 
 EXECUTORS = ("serial", "ray")
@@ -261,7 +261,7 @@ def make_executor(name: str, profile: Profile, workers: int | None = None, threa
 
 def shareable(profile: Profile) -> Profile:
     """``profile`` with its data and cache folders made absolute, as every worker must see them."""
-    from ..data.datasets import data_root
+    from ..data.catalog import data_root
     from ..runtime.artifacts import cache_root
     return profile.replace(data_root=str(data_root(profile.data_root)), cache_root=str(cache_root(profile.cache_root)))
 

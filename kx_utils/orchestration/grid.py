@@ -12,7 +12,7 @@ training (victims, surrogates) says so through :meth:`Task.artifact`, which is h
 
 from __future__ import annotations
 
-from ..config.profiles import Profile
+from ..config.schema import Profile
 from ..experiments.registry import Task, build_tasks, notebook_names
 from ..runtime.artifacts import ArtifactStore
 

@@ -9,8 +9,8 @@ its training set at the larger side its random resized crops start from.
 
 from __future__ import annotations
 
-from ..config.profiles import Profile
-from ..data.datasets import DATASETS
+from ..config.schema import Profile
+from ..data.catalog import DATASETS
 from ..data.imagefolder import decoded_bytes, resized_side
 
 

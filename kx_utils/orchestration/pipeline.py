@@ -7,7 +7,7 @@ Each notebook is executed into ``runs/<profile>/<name>.ipynb`` (or
 each notebook's status, parameters, wall time and error.  A rerun skips a
 notebook that finished with the same parameters, the same code cells and the same
 ``kx_utils`` source (every module and package data file, see
-:func:`package_fingerprint`) and whose results file is still there and readable; a
+:func:`kx_utils.orchestration.fingerprints.package_fingerprint`) and whose results file is still there and readable; a
 notebook that failed or was killed runs again, and runs again cheaply, because the
 expensive steps inside it (victims, answers, surrogates) are cached artifacts (whose
 keys carry the version of the code that produced them, see :mod:`kx_utils.runtime.artifacts`).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import sys
@@ -33,11 +32,11 @@ from ..config.profiles import get_profile
 from ..experiments.registry import notebook_names
 from ..runtime.artifacts import REPO_ROOT, atomic_write_text, cache_root
 from ..runtime.locks import FolderBusy, exclusive
+from .fingerprints import PACKAGE_ROOT, notebook_fingerprint, package_fingerprint
 from .run_results import CorruptResultsError, read_results, results_path, runs_root
 
 NOTEBOOKS = notebook_names()  # the registry's (kx_utils.experiments.catalogue), in order
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the kx_utils package, whose source enters the fingerprint
 STATE_FILE = "pipeline.json"
 KEPT_INVOCATIONS = 20
 
@@ -95,56 +94,6 @@ def select_notebooks(only: Iterable[str] | None = None) -> list[str]:
             raise PipelineError(f"notebook {name!r} {why}; the notebooks are: {', '.join(NOTEBOOKS)}")
         chosen.add(matches[0])
     return [nb for nb in NOTEBOOKS if nb in chosen]
-
-
-def _package_files(root: Path) -> list[Path]:
-    """The package's modules and data files: everything under ``root`` but bytecode caches,
-    compiled files and hidden files (editor and temporary files)."""
-    files = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if not path.is_file() or path.suffix in (".pyc", ".pyo") or any(
-                part == "__pycache__" or part.startswith(".") for part in rel.parts):
-            continue
-        files.append(path)
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
-def package_fingerprint(root: str | os.PathLike | None = None) -> str:
-    """A hash of the ``kx_utils`` source: every ``*.py`` module and package data file (such as
-    ``overlap_lists/*.csv``) under ``root`` (default: this package), by relative path and content.
-
-    A fix anywhere in the package can change what a notebook measures, so it makes every
-    earlier result stale (its expensive artifacts stay cached unless their kind's version moved).
-    """
-    root = Path(root or PACKAGE_ROOT).resolve()
-    if not root.is_dir():
-        raise PipelineError(f"package root {root} is not a folder")
-    digest = hashlib.sha256()
-    for path in _package_files(root):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()[:16]
-
-
-def code_cells_fingerprint(path: Path) -> str:
-    """A hash of the notebook's code cells: editing code makes its earlier results stale,
-    editing prose does not."""
-    with open(path) as f:
-        nb = json.load(f)
-    code = [c.get("source", "") for c in nb.get("cells", []) if c.get("cell_type") == "code"]
-    code = ["".join(s) if isinstance(s, list) else s for s in code]
-    return hashlib.sha256(json.dumps(code).encode()).hexdigest()[:16]
-
-
-def notebook_fingerprint(path: Path, package_root: str | os.PathLike | None = None,
-                         package: str | None = None) -> str:
-    """What a notebook's results depend on besides its parameters: its code cells and the
-    source of the ``kx_utils`` package under ``package_root`` (``package``: that package's
-    fingerprint, already computed)."""
-    package = package or package_fingerprint(package_root)
-    both = f"{code_cells_fingerprint(path)}:{package}"
-    return hashlib.sha256(both.encode()).hexdigest()[:16]
 
 
 def run_dir(profile_name: str, runs: str | os.PathLike | None = None) -> Path:
@@ -375,7 +324,7 @@ def reproduce(profile_name: str, only: Iterable[str] | None = None, force: bool 
     folder = run_dir(profile.name, runs)
     parameters = {"profile": profile.name, "overrides": overrides}
     cache = cache_root(profile.cache_root)
-    package = package_fingerprint(package_root)  # once: an edit during the run counts from the next one
+    package = package_fingerprint(package_root or PACKAGE_ROOT)  # once: an edit during the run counts from the next one
 
     with _exclusive(folder, cache, profile.name), _runs_folder_for_notebooks(runs):
         state = load_state(profile.name, runs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.profiles import Profile
+from ..config.schema import Profile
 from ..config.seeds import seeds_note
 from ..experiments.registry import experiments_of, notebook_names
 
@@ -49,14 +49,8 @@ def plan(profile: Profile) -> Plan:
     Checks folders and weight files only: no dataset is decoded, no model built.
     """
     from ..core.models import MissingWeightsError, resolve_weights
-    from ..data.datasets import (
-        DATASETS,
-        DataLayoutError,
-        DatasetNotFoundError,
-        data_root,
-        list_image_folder,
-        split_folder,
-    )
+    from ..data.catalog import DATASETS, DatasetNotFoundError, data_root
+    from ..data.datasets import DataLayoutError, list_image_folder, split_folder
     p = profile
     out = Plan(p.name)
     out.lines += [p.description, ""]

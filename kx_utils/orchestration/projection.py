@@ -39,7 +39,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.profiles import Profile
+from ..config.schema import Profile
 from ..core.flops import peak_bf16_tflops, training_flops
 from ..experiments.registry import Task, cost_of
 from ..experiments.workload import (
@@ -287,7 +287,7 @@ class Projection:
 
 def size_sources(profile: Profile) -> list[str]:
     """Where the projection's size of each split comes from: counted in its folder, or the paper's."""
-    from ..data.datasets import DATASETS
+    from ..data.catalog import DATASETS
     out = []
     for key, info in DATASETS.items():
         for split in (info.standin_splits if profile.standins else info.splits):

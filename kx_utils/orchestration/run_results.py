@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config.profiles import Profile
-from ..data.datasets import absent_optional_datasets
+from ..config.schema import Profile
+from ..data.catalog import absent_optional_datasets
+from ..experiments.schemas import check_tables
 from ..runtime import regime
 from ..runtime.artifacts import REPO_ROOT, atomic_write_text
 
@@ -111,6 +112,9 @@ class NotebookRun:
         return results_path(self.notebook, self.profile.name, self.runs)
 
     def save(self) -> None:
+        """Write the document; a table whose rows do not fit its schema (:mod:`kx_utils.experiments.schemas`)
+        is a :class:`~kx_utils.experiments.schemas.ResultSchemaError` and nothing is written."""
+        check_tables(_jsonable(self.tables), self.notebook)
         atomic_write_text(self.path, json.dumps(self.document(), indent=1, sort_keys=False))
 
 

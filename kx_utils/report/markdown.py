@@ -15,7 +15,7 @@ from typing import Mapping
 
 import pandas as pd
 
-from ..data.datasets import dataset_info
+from ..data.catalog import dataset_info
 from ..experiments.registry import producer
 from ..orchestration.pipeline import NOTEBOOKS, format_seconds
 from ..runtime.artifacts import REPO_ROOT
@@ -231,7 +231,7 @@ def seeds_line(settings: Mapping) -> str:
 
 def standin_lines(settings: Mapping) -> list[str]:
     from ..core.models import SHORT_NAMES
-    from ..data.datasets import DATASETS
+    from ..data.catalog import DATASETS
 
     standins = settings.get("standins", False)
     sizes = settings.get("image_size", {})

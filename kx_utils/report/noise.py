@@ -14,6 +14,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+from ..config.seeds import seeds_column
 from .results import num, value_of
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_EVALUATED = "holds", "fails", "inconclusive", "not evaluated"
@@ -76,7 +77,7 @@ def binomial_se(p: float, n: int) -> float:
 
 def seeds_of(row: Mapping | None, column: str) -> tuple[float, ...]:
     """The per-seed values ``<column>_seeds`` of a row (at least two numbers), else ()."""
-    values = (row or {}).get(f"{column}_seeds")
+    values = (row or {}).get(seeds_column(column))
     if isinstance(values, (list, tuple)):
         values = tuple(float(v) for v in values if num(v))
         if len(values) >= 2:

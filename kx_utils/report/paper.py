@@ -2,7 +2,7 @@
 
 Accuracies and rates are fractions in [0, 1].  Rows are keyed as the notebooks
 key their results: victims by ``kx_utils.experiments.victims.VICTIMS`` keys, datasets by
-``kx_utils.data.datasets.DATASETS`` keys, Table 3 by the paper's model names.  Column
+``kx_utils.data.catalog.DATASETS`` keys, Table 3 by the paper's model names.  Column
 names are the contract between the notebooks' JSON results and the report.
 """
 

@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..config.profiles import get_profile
-from ..data.datasets import dataset_info
+from ..data.catalog import dataset_info
 from ..experiments.registry import notebook_names, producer
+from ..experiments.schemas import ResultSchemaError, check_tables
 from ..orchestration.pipeline import load_state, run_dir
 from ..orchestration.run_results import CorruptResultsError, read_results, results_path
 from . import paper
 
 DOCUMENT_PARTS = ("tables", "figures", "values")
-# results that need a dataset a profile may go without (kx_utils.data.datasets.DatasetInfo.standin_optional)
+# results that need a dataset a profile may go without (kx_utils.data.catalog.DatasetInfo.standin_optional)
 NEEDS_DATA = {"section_5_1_3": "diabetic5"}
 DATA_NOT_PRESENT = "data not present"
 
@@ -115,6 +116,14 @@ def _checked(document: dict, path: Path) -> dict:
             raise CorruptResultsError(f"results file {path}: its {part!r} is a JSON "
                                       f"{type(document[part]).__name__}, not an object; rerun "
                                       f"notebooks/{path.stem}.ipynb to rewrite it")
+    try:
+        # a column missing is drawn as not measured; a column the schema does not know, or a value of the wrong
+        # kind, is another version's document (a renamed column would otherwise read as missing everywhere)
+        check_tables(document.get("tables", {}), path.name, complete=False)
+    except ResultSchemaError as exc:
+        raise CorruptResultsError(f"results file {path} does not fit the tables' schema ({exc}); it was "
+                                  f"written by other code: rerun notebooks/{path.stem}.ipynb (or `python -m "
+                                  f"kx_utils reproduce --profile {path.parent.name} --only {path.stem}`)") from None
     return document
 
 

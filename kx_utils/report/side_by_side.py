@@ -14,6 +14,8 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
+from ..config.seeds import seeds_column
+
 # a column is a rate (a fraction shown as a percentage) when its name ends with one of these ...
 RATE_SUFFIXES = ("_acc", "_tpr", "_tnr", "tpr", "tnr", "_at_ours", "_at_95", "auroc", "_fpr_at_95tpr", "_rate",
                  "_kept_classes", "_all_classes", "chance")
@@ -37,8 +39,8 @@ def _difference(ours, paper):
 
 
 def seed_sd(row: Mapping | None, column: str) -> float | None:
-    """The standard deviation of ``row[column + "_seeds"]`` (the per-seed values), when it has two or more."""
-    values = [v for v in ((row or {}).get(f"{column}_seeds") or []) if _num(v) is not None]
+    """The standard deviation of ``row[seeds_column(column)]`` (the per-seed values), when it has two or more."""
+    values = [v for v in ((row or {}).get(seeds_column(column)) or []) if _num(v) is not None]
     return statistics.stdev(values) if len(values) >= 2 else None
 
 

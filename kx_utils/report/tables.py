@@ -41,7 +41,7 @@ class TableSpec:
 
 
 def _table1_inputs(ours, paper_rows, names, spec):
-    from ..data.datasets import DATASETS
+    from ..data.catalog import DATASETS
 
     names = {k: DATASETS[k].paper_name if k in DATASETS else k for k in {*ours, *paper_rows}}
     return ours, paper_rows, None, names, spec

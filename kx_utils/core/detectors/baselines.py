@@ -101,8 +101,19 @@ def odin_grid(model: nn.Module, images: torch.Tensor, temperatures: Iterable[flo
     return {key: _cat(parts) for key, parts in out.items()}
 
 
+def choose_odin(in_grid: dict[tuple[float, float], torch.Tensor], ood_grid: dict[tuple[float, float], torch.Tensor],
+                tnr: float) -> tuple[tuple[float, float], dict[tuple[float, float], float]]:
+    """The ``(temperature, epsilon)`` of :func:`odin_grid` scores with the highest TPR at TNR ``tnr`` on the two
+    tuning sets (ties: the first in the grid's order), and every pair's TPR."""
+    if list(in_grid) != list(ood_grid) or not in_grid:
+        raise ValueError(f"the two ODIN grids need the same pairs, got {list(in_grid)} and {list(ood_grid)}")
+    criteria = {pair: tpr_at_tnr(in_grid[pair], ood_grid[pair], tnr) for pair in in_grid}
+    return best(criteria, criteria.__getitem__, ties="first"), criteria
+
+
 class ODIN:
-    """ODIN (Liang et al.) at one temperature and perturbation size (their CIFAR defaults: T=1000, 0.0014)."""
+    """ODIN (Liang et al.) at one temperature and perturbation size (their CIFAR defaults: T=1000, 0.0014);
+    :meth:`tuned` chooses both on tuning sets, as Liang et al.'s code does."""
 
     def __init__(self, model: nn.Module, temperature: float = 1000.0, epsilon: float = 0.0014,
                  batch_size: int = 128):
@@ -111,6 +122,19 @@ class ODIN:
 
     def fit(self, *args, **kwargs) -> "ODIN":
         return self
+
+    @classmethod
+    def tuned(cls, model: nn.Module, in_images: torch.Tensor, ood_images: torch.Tensor,
+              temperatures: Iterable[float], epsilons: Iterable[float], tnr: float = 0.95,
+              batch_size: int = 128) -> "ODIN":
+        """ODIN at the pair :func:`choose_odin` picks on the two tuning sets; ``criteria``: every pair's TPR."""
+        temperatures, epsilons = list(temperatures), list(epsilons)
+        (temperature, epsilon), criteria = choose_odin(
+            odin_grid(model, in_images, temperatures, epsilons, batch_size),
+            odin_grid(model, ood_images, temperatures, epsilons, batch_size), tnr)
+        odin = cls(model, temperature, epsilon, batch_size)
+        odin.criteria = criteria
+        return odin
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         return odin_grid(self.model, images, [self.temperature], [self.epsilon],
@@ -202,6 +226,24 @@ def ensemble_scores(ensemble: dict, layer_scores) -> torch.Tensor:
     return (((matrix - mean) / scale) @ coef + ensemble["intercept"]).float()
 
 
+def choose_layer_ensemble(in_grid: dict[float, torch.Tensor], ood_grid: dict[float, torch.Tensor], tnr: float,
+                          seed: int = 0) -> tuple[float, Pipeline, dict[float, float]]:
+    """Lee et al.'s choice of the noise size: per size (ascending), a layer regression
+    (:func:`fit_layer_pipeline`) on the ``N x L`` layer scores of both tuning sets, judged by the TPR at TNR
+    ``tnr`` of its scores (:func:`ensemble_scores`) on these same sets; the best size (ties: the smallest),
+    its pipeline, and every size's TPR."""
+    if sorted(in_grid) != sorted(ood_grid) or not in_grid:
+        raise ValueError(f"the two grids need the same epsilons, got {sorted(in_grid)} and {sorted(ood_grid)}")
+    pipelines, criteria = {}, {}
+    for eps in sorted(in_grid):
+        pipelines[eps] = pipeline = fit_layer_pipeline(in_grid[eps], ood_grid[eps], seed)
+        ensemble = ensemble_of(pipeline)
+        criteria[eps] = tpr_at_tnr(ensemble_scores(ensemble, in_grid[eps]), ensemble_scores(ensemble, ood_grid[eps]),
+                                   tnr)
+    chosen = best(criteria, criteria.__getitem__, ties="first")
+    return chosen, pipelines[chosen], criteria
+
+
 class Mahalanobis:
     """Lee et al.'s Mahalanobis detector: per-stage tied Gaussians, input pre-processing, a layer ensemble.
 
@@ -216,8 +258,9 @@ class Mahalanobis:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[int] | None = None, shrinkage: str = "ledoit_wolf",
-                 batch_size: int = 128, layers_fn: LayersFn = stage_features, tnr: float = 0.95):
+                 batch_size: int = 128, layers_fn: LayersFn = stage_features, tnr: float = 0.95, seed: int = 0):
         self.model, self.layers_fn, self.batch_size, self.tnr = model.eval(), layers_fn, batch_size, tnr
+        self.seed = seed  # of the layer regression's cross-validation
         self.layers = None if layers is None else [int(i) for i in layers]
         self.shrinkage = shrinkage
         self.gaussians: list[TiedGaussians] = []
@@ -287,21 +330,9 @@ class Mahalanobis:
 
     def fit_ensemble_scores(self, in_grid: dict[float, torch.Tensor],
                             ood_grid: dict[float, torch.Tensor]) -> "Mahalanobis":
-        """:meth:`fit_ensemble` from precomputed ``eps -> N x L`` layer scores of both tuning sets.
-
-        Per eps, a logistic regression (OOD = 1) on the standardised layer scores;
-        the eps whose regression has the highest TPR at TNR ``tnr`` on these same
-        sets is kept (ties: the smallest eps).
-        """
-        if sorted(in_grid) != sorted(ood_grid) or not in_grid:
-            raise ValueError(f"the two grids need the same epsilons, got {sorted(in_grid)} and {sorted(ood_grid)}")
-        self.criteria, pipelines = {}, {}
-        for eps in sorted(in_grid):
-            pipelines[eps] = pipeline = fit_layer_pipeline(in_grid[eps], ood_grid[eps])
-            self.criteria[eps] = tpr_at_tnr(pipeline.decision_function(np.asarray(in_grid[eps], np.float64)),
-                                            pipeline.decision_function(np.asarray(ood_grid[eps], np.float64)), self.tnr)
-        self.epsilon = best(self.criteria, self.criteria.__getitem__, ties="first")  # in ascending eps
-        self.pipeline = pipelines[self.epsilon]
+        """:meth:`fit_ensemble` from precomputed ``eps -> N x L`` layer scores of both tuning sets: the noise
+        size, regression and criteria of :func:`choose_layer_ensemble` (at TNR ``tnr``)."""
+        self.epsilon, self.pipeline, self.criteria = choose_layer_ensemble(in_grid, ood_grid, self.tnr, self.seed)
         self.ensemble = ensemble_of(self.pipeline)
         self.layer_weights = torch.tensor(self.ensemble["coef"], dtype=torch.float32)
         return self

@@ -8,7 +8,7 @@ folder is complete or absent).  Diabetic5's stand-in needs a Kaggle account: fet
 it and where to put it, and the run goes on without it (its rows read "data not present").
 
 ``paper`` fetches what torchvision can (CIFAR10, GTSRB, Caltech-256, written out by
-:func:`kx_utils.data.datasets.download` from the verified archives, and the ResNets' ImageNet weights into
+:func:`kx_utils.data.download.download` from the verified archives, and the ResNets' ImageNet weights into
 torch's hub cache) and lists what must be placed by hand, with links and the expected layout.
 
 Folders already present are left alone, so on a machine with prepared data (``KX_DATA`` pointing at
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..datasets import DATASETS, DEFAULT_DATA_ROOT
+from ..catalog import DATASETS, DEFAULT_DATA_ROOT
 from .archives import (
     ChecksumMismatch,
     DownloadInterrupted,
@@ -176,8 +176,8 @@ def _build_one(name: str, dest: Path, options: FetchOptions, pins: dict, outcome
 
 
 def _fetch_paper(dest: Path, options: FetchOptions, pins: dict, outcome: FetchOutcome, log) -> None:
-    from ..datasets import dataset_info
-    from ..datasets import download as export_with_torchvision
+    from ..catalog import dataset_info
+    from ..download import download as export_with_torchvision
 
     for key in PAPER_FETCHABLE:
         info = dataset_info(key)
@@ -187,7 +187,7 @@ def _fetch_paper(dest: Path, options: FetchOptions, pins: dict, outcome: FetchOu
             continue
         dest.mkdir(parents=True, exist_ok=True)
         with _exclusive(dest):
-            raw = dest / "_downloads" / key  # where kx_utils.data.datasets.download runs torchvision's downloader
+            raw = dest / "_downloads" / key  # where kx_utils.data.download.download runs torchvision's downloader
             for relative in PAPER_ARCHIVES[key]:
                 download(ARCHIVES[Path(relative).name], raw / relative, options.mirror, pins,
                          options.trust_unpinned, log)

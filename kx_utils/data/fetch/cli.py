@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..datasets import DATASETS
+from ..catalog import DATASETS
 from . import (
     STANDIN_PROFILES,
     FetchError,

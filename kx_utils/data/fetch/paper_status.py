@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..datasets import DATASETS, DatasetInfo
+from ..catalog import DATASETS, DatasetInfo
 from ..imagefolder import DataLayoutError, list_image_folder
 from .build import BUILDING_PREFIX
 from .paper import BING_BY_HAND, BUILD_MARKER, CUB_URL, read_marker

@@ -60,7 +60,7 @@ ARCHIVES: dict[str, Archive] = {a.name: a for a in [
     Archive("CUB_200_2011.tgz", "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
             sha256="0c685df5597a8b24909f6a7c9db6d11e008733779a671760afef78feb49bf081",
             md5="97eceeb196236b17998738112f37df78", pin_source=TORCHVISION_PROTOTYPE, size="1.1 GiB"),
-    # the paper profile's Caltech-256 (torchvision writes it out, kx_utils.data.datasets.download)
+    # the paper profile's Caltech-256 (torchvision writes it out, kx_utils.data.download.download)
     Archive("256_ObjectCategories.tar", "https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar",
             sha256="08ff01b03c65566014ae88eb0490dbe4419fc7ac4de726ee1163e39fd809543e",
             md5="67b4f42ca05d46448c6bb8ecd2220f6d", pin_source=TORCHVISION_PROTOTYPE, size="1.1 GiB"),
