@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "kx_utils.core.flops' table by GPU name; unknown GPUs and CPUs have none)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile candidates")
     bench.add_argument("--no-accuracy", action="store_true", help="skip the reference surrogates")
+    bench.add_argument("--accuracy-victims", default="caltech,gtsrb", metavar="KEYS",
+                       help="victims of the reference surrogates, comma-separated (default: caltech,gtsrb)")
+    bench.add_argument("--accuracy-paths", default=None, metavar="PATHS",
+                       help="surrogate paths of the reference surrogates, comma-separated: fp32 (today), "
+                            "frozen<N>, bf16_pointwise, frozen_bn, frozen_bn+bf16_pointwise (default: fp32, "
+                            "frozen4, frozen7, frozen14 and the profile's surrogate_frozen_blocks)")
     bench.add_argument("--accuracy-epochs", type=int, default=None,
                        help="epochs of the reference surrogates (default: the profile's surrogate epochs)")
     bench.add_argument("--out", metavar="FILE", default=None, help="also write the Markdown to FILE")
@@ -125,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     arts.add_argument("--record", action="store_true",
                       help="rewrite tests/artifact_sources.json from the current source (only for changes that "
                            "cannot alter what a kind stores; otherwise bump the kind's version first)")
+    compare = sub.add_parser("compare", help="whether two report folders hold the same numbers, CSV by CSV",
+                             description="Compare every CSV of two report folders (e.g. figures/mini made by the "
+                                         "old code and by the new), cell by cell; wall-time columns are left out. "
+                                         "Exit status 0 when every CSV is identical.")
+    compare.add_argument("old", help="the first report folder")
+    compare.add_argument("new", help="the second report folder")
+    compare.add_argument("--atol", type=float, default=0.0, help="numbers this close count as equal (default 0)")
+    compare.add_argument("--keep-times", action="store_true", help="compare the wall-time columns too")
     from .data.fetch.cli import add_parser as add_data_parser
     add_data_parser(sub)
     return parser
@@ -275,8 +289,9 @@ def _report(profile_name: str, out=None) -> int:
 
 def _bench(args) -> int:
     from .bench.report import document, run_markdown
-    from .bench.timing import run_bench
+    from .bench.timing import run_bench, surrogate_settings_of
     from .core.devices import CudaUnavailableError
+    from .experiments.victims import victim_spec
     from .runtime.artifacts import atomic_write_text
 
     try:
@@ -287,10 +302,22 @@ def _bench(args) -> int:
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         print(f"error: --peak-tflops must be a positive number of TFLOP/s, got {args.peak_tflops}", file=sys.stderr)
         return EXIT_USAGE
-    frozen = tuple(sorted({0, 4, 7, 14, profile.surrogate_frozen_blocks}))
+    if args.accuracy_paths:
+        paths = tuple(p.strip() for p in args.accuracy_paths.split(",") if p.strip())
+    else:
+        paths = tuple("fp32" if b == 0 else f"frozen{b}" for b in sorted({0, 4, 7, 14, profile.surrogate_frozen_blocks}))
+    victims = tuple(v.strip() for v in args.accuracy_victims.split(",") if v.strip())
+    try:
+        for path in paths:
+            surrogate_settings_of(path)
+        for victim in victims:
+            victim_spec(victim)
+    except (ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         run = run_bench(profile, args.device, args.seconds, compile_model=not args.no_compile,
-                        accuracy_victims=() if args.no_accuracy else ("caltech", "gtsrb"), frozen=frozen,
+                        accuracy_victims=() if args.no_accuracy else victims, accuracy_paths=paths,
                         accuracy_epochs=args.accuracy_epochs, peak_tflops=args.peak_tflops,
                         progress=lambda m: print(m, file=sys.stderr))
     except CudaUnavailableError as exc:
@@ -321,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         return check_artifact_sources(args.record)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "compare":
+        from .report.compare import main as compare_main
+        try:
+            return compare_main(args.old, args.new, args.atol, args.keep_times)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "data":
         from .data.fetch.cli import run as run_data
         return run_data(args)

@@ -165,3 +165,12 @@ def test_a_pool_of_every_split_keeps_same_named_images_of_two_splits_apart(tiny_
     everything = attacker_pool(tiny_profile, split="all", size=16, store=store)
     assert len(set(everything.files)) == len(everything)  # tiny_imagenet's train and val share file names
     assert {f.split("/")[0] for f in everything.files} == {"train", "val"}
+
+
+def test_the_candidate_speed_ups_enter_a_surrogates_key_only_where_on(tiny_profile, tiny_data):
+    from kx_utils.experiments.attack import surrogate_settings
+    default = surrogate_settings(tiny_profile, "cifar10")
+    assert "precision" not in default and "batch_norm" not in default  # every stored surrogate keeps its key
+    bf16 = surrogate_settings(tiny_profile.replace(surrogate_precision="bf16_pointwise"), "cifar10")
+    frozen = surrogate_settings(tiny_profile.replace(surrogate_batch_norm="frozen"), "cifar10")
+    assert bf16 == {**default, "precision": "bf16_pointwise"} and frozen == {**default, "batch_norm": "frozen"}

@@ -87,9 +87,9 @@ TIMINGS = [
     Timing("inference", "mobilenet_v2", 48, 256, "bf16", 1500.0, "", 1000.0, flops_per_image=27.5e6),
 ]
 ACCURACY = [
-    {"frozen_blocks": 0, "victim": "Caltech", "budget": 6000, "epochs": 10, "final_acc": 0.5, "best_acc": 0.55,
+    {"path": "fp32", "frozen_blocks": 0, "victim": "Caltech", "budget": 6000, "epochs": 10, "final_acc": 0.5, "best_acc": 0.55,
      "recovery": 0.8, "train_seconds": 100.0, "curve": [0.3, 0.5]},
-    {"frozen_blocks": 14, "victim": "Caltech", "budget": 6000, "epochs": 10, "final_acc": 0.47, "best_acc": 0.52,
+    {"path": "frozen14", "frozen_blocks": 14, "victim": "Caltech", "budget": 6000, "epochs": 10, "final_acc": 0.47, "best_acc": 0.52,
      "recovery": 0.75, "train_seconds": 25.0, "curve": [0.25, 0.47]},
 ]
 
@@ -138,7 +138,7 @@ def test_markdown_accuracy_delta_and_speed_against_the_whole_network():
 
 def test_markdown_accuracy_compares_each_victim_with_its_own_whole_network():
     gtsrb = [{**ACCURACY[0], "victim": "GTSRB", "final_acc": 0.9, "train_seconds": 50.0},
-             {**ACCURACY[1], "victim": "GTSRB", "frozen_blocks": 7, "final_acc": 0.925, "train_seconds": 20.0}]
+             {**ACCURACY[1], "victim": "GTSRB", "path": "frozen7", "frozen_blocks": 7, "final_acc": 0.925, "train_seconds": 20.0}]
     text = markdown(get_profile("smoke"), CPU, [], ACCURACY + gtsrb)
     assert _row(text, "| Caltech | blocks 14+")[5:8] == ["-3.0 pp", "25", "4.0"]
     # 92.5% against GTSRB's 90% (not Caltech's 50%): +2.5 pp; 50 s against 20 s: 2.5
@@ -220,7 +220,9 @@ GTSRB_5L_16PX = 2 * (3 * 9 * 32 * 16 * 16 + 32 * 9 * 64 * 8 * 8 + 64 * 9 * 128 *
 def test_bench_json_round_trip_on_a_tiny_profile(tmp_path, capsys):
     assert main(_tiny_bench_args(tmp_path)) == 0
     doc = json.loads((tmp_path / "bench.json").read_text())
-    assert list(doc) == ["device", "device_name", "peak_bf16_tflops", "profile", "timings"]
+    assert list(doc) == ["device", "device_name", "peak_bf16_tflops", "profile", "limits", "timings"]
+    limits = doc["limits"]
+    assert limits["memory_gb_per_s"] > 0 and limits["fp32_gflops"] > 0 and limits["bf16_gflops"] > 0
     assert (doc["device"], doc["peak_bf16_tflops"], doc["profile"]) == ("cpu", None, "smoke")
     assert isinstance(doc["device_name"], str) and doc["device_name"]
     keys = ["section", "model", "size", "batch", "path", "default", "images_per_s", "flops_per_image", "note"]
@@ -230,7 +232,8 @@ def test_bench_json_round_trip_on_a_tiny_profile(tmp_path, capsys):
         assert row["default"] == (row["path"] == "fp32")  # float32 is the package's CPU path
     trained = [(r["model"], r["batch"], r["path"]) for r in doc["timings"] if r["section"] == "train"]
     assert trained == [("gtsrb_5l", 8, "fp32"), ("gtsrb_5l", 8, "contiguous"), ("gtsrb_5l", 8, "bf16"),
-                       ("gtsrb_5l", 16, "fp32"), ("gtsrb_5l", 256, "fp32"),
+                       ("gtsrb_5l", 8, "bf16_pointwise"), ("gtsrb_5l", 8, "frozen_bn"),
+                       ("gtsrb_5l", 8, "frozen_bn+bf16_pointwise"), ("gtsrb_5l", 16, "fp32"), ("gtsrb_5l", 256, "fp32"),
                        ("gtsrb_5l", 8, "fp32"), ("gtsrb_5l", 8, "contiguous"), ("gtsrb_5l", 8, "bf16"),
                        ("cifar10_9l", 8, "fp32"), ("cifar10_9l", 8, "contiguous"), ("cifar10_9l", 8, "bf16")]
     inferred = [(r["batch"], r["path"]) for r in doc["timings"] if r["section"] == "inference"]
@@ -245,8 +248,10 @@ def test_bench_json_round_trip_on_a_tiny_profile(tmp_path, capsys):
     assert "Produced by `python -m kx_utils bench --profile smoke` with --overrides of backbone, surrogate_arch, " \
            "detector_scratch_archs, detector_cv_archs, image_size, scratch_image_size, scratch_recipe, " \
            "surrogate_recipe;" in text
-    assert len([line for line in text.splitlines() if line.startswith("| gtsrb_5l ")]) == \
+    throughput = text.split("## Training throughput")[1]  # the machine-limits table repeats some rows
+    assert len([line for line in throughput.splitlines() if line.startswith("| gtsrb_5l ")]) == \
         len([r for r in doc["timings"] if r["model"] == "gtsrb_5l"])
+    assert "## Machine limits" in text and "float32 matrix multiply" in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
@@ -273,3 +278,38 @@ def test_bench_on_cuda_times_the_bf16_path_as_the_default(tmp_path):
     for row in doc["timings"]:
         assert row["default"] == (row["path"] == "bf16")
     assert {r["model"] for r in doc["timings"] if r["section"] == "train"} >= {"gtsrb_5l", "mobilenet_v2"}
+
+
+def test_paths_name_their_speed_ups_and_a_surrogate_path_sets_the_profile_values_that_train_it():
+    from kx_utils.bench.timing import (
+        frozen_prefix_blocks,
+        speedups_of,
+        surrogate_settings_of,
+    )
+    assert (frozen_prefix_blocks("frozen14"), frozen_prefix_blocks("frozen_bn"), frozen_prefix_blocks("fp32")) == (14, 0, 0)
+    assert speedups_of("frozen_bn+bf16_pointwise") == {"frozen_bn", "bf16_pointwise"} and speedups_of("bf16") == set()
+    assert surrogate_settings_of("frozen_bn+bf16_pointwise") == {
+        "surrogate_frozen_blocks": 0, "surrogate_batch_norm": "frozen", "surrogate_precision": "bf16_pointwise"}
+    assert surrogate_settings_of("frozen7")["surrogate_frozen_blocks"] == 7
+    with pytest.raises(ValueError, match="no surrogate is trained on path 'compile'"):
+        surrogate_settings_of("compile")
+
+
+def test_the_speed_up_paths_train():
+    for path in ("bf16_pointwise", "frozen_bn", "frozen_bn+bf16_pointwise"):
+        assert _positive_finite(training_rate("mobilenet_v2", 32, 8, path=path, device=CPU, seconds=0.2))
+
+
+def test_limits_place_a_training_row_by_hand():
+    from kx_utils.bench.limits import (
+        MachineLimits,
+        matmul_gflops,
+        memory_bandwidth,
+        placement,
+    )
+    limits = MachineLimits("cpu", 2, 20.0, 100.0, 400.0, 2048, 512)
+    # 500 img/s x 0.1 GFLOP per image = 50 GFLOP/s: half the float32 ceiling, an eighth of the bf16 one
+    assert placement(500, 0.1e9, limits) == pytest.approx({"gflops": 50.0, "of_fp32_matmul": 0.5,
+                                                           "of_bf16_matmul": 0.125})
+    assert _positive_finite(memory_bandwidth(CPU, megabytes=8, repeats=2))
+    assert _positive_finite(matmul_gflops(CPU, torch.float32, side=128, repeats=2))

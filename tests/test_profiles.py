@@ -101,3 +101,10 @@ def test_seeds_must_be_given_and_single_seed_names_known_experiments():
         get_profile("mini", surrogate_seeds=[0, "1"])
     with pytest.raises(ProfileError, match=r"unknown experiment\(s\) \['table7_bs61'\]"):
         get_profile("mini", section5={"single_seed": ["table7_bs61"]})
+
+
+def test_the_speed_up_switches_take_only_their_choices():
+    from kx_utils import ProfileError, get_profile
+    assert get_profile("mini", surrogate_batch_norm="frozen").surrogate_batch_norm == "frozen"
+    with pytest.raises(ProfileError, match="surrogate_precision must be one of 'fp32', 'bf16_pointwise', got 'bf16'"):
+        get_profile("mini", surrogate_precision="bf16")

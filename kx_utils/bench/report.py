@@ -4,6 +4,7 @@ The Markdown is the human report (``figures/<profile>/bench.md``).  The JSON is 
 lead's GPU-hours projection), in exactly this schema::
 
     {"device": "cpu" | "cuda", "device_name": str, "peak_bf16_tflops": float | null, "profile": str,
+     "limits": {"memory_gb_per_s": float, "fp32_gflops": float, "bf16_gflops": float, ...} | null,
      "timings": [{"section": "train" | "inference", "model": str, "size": int, "batch": int,
                   "path": str, "default": bool, "images_per_s": float,
                   "flops_per_image": float | null, "note": str}]}
@@ -21,7 +22,8 @@ import torch
 from ..config.profiles import PROFILES
 from ..config.schema import PROFILE_KEYS, Profile
 from ..core.flops import TRAIN_STEP_FORWARDS, peak_fraction
-from .timing import BenchRun, Timing
+from .limits import MachineLimits, placement
+from .timing import BenchRun, Timing, frozen_prefix_blocks
 
 
 def machine_line(name: str) -> str:
@@ -62,8 +64,43 @@ def _throughput_table(rows: list[Timing], peak: float | None, with_peak: bool) -
     return lines
 
 
+PATH_LABELS = {"fp32": "whole network (today, the paper's)",
+               "bf16_pointwise": "bf16 pointwise convolutions and classifier",
+               "frozen_bn": "batch norm on its pretrained statistics",
+               "frozen_bn+bf16_pointwise": "both of the above"}
+
+
+def path_label(path: str) -> str:
+    if path in PATH_LABELS:
+        return PATH_LABELS[path]
+    blocks = frozen_prefix_blocks(path)
+    return f"blocks {blocks}+ from cached activations" if blocks else path
+
+
+def limits_lines(limits: MachineLimits, timings: list[Timing]) -> list[str]:
+    """The machine's ceilings, and today's training rows placed against them."""
+    lines = ["## Machine limits", "",
+             f"Measured in this run ({limits.threads} threads): memory copy {limits.memory_gb_per_s:,.1f} GB/s "
+             f"(read + write, {limits.copy_mb} MB), float32 matrix multiply {limits.fp32_gflops:,.0f} GFLOP/s, "
+             f"bf16 matrix multiply {limits.bf16_gflops:,.0f} GFLOP/s ({limits.bf16_gflops / limits.fp32_gflops:.1f}x "
+             f"float32; {limits.matmul_side}x{limits.matmul_side}).", ""]
+    rows = [t for t in timings if t.section == "train" and t.flops_per_image and (t.default or "+" in t.path
+            or t.path in PATH_LABELS)]
+    if rows:
+        lines += ["| model | px | batch | path | img/s | GFLOP/s reached | of fp32 matmul | of bf16 matmul |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|"]
+        for t in rows:
+            where = placement(t.images_per_s, t.flops_per_image, limits)
+            path = f"{t.path} (today)" if t.default else t.path
+            lines.append(f"| {t.model} | {t.size} | {t.batch} | {path} | {t.images_per_s:,.0f} | "
+                         f"{where['gflops']:,.0f} | {where['of_fp32_matmul']:.0%} | {where['of_bf16_matmul']:.0%} |")
+        lines.append("")
+    return lines
+
+
 def markdown(profile: Profile, device: torch.device, timings: list[Timing], accuracy: list[dict],
-             name: str = "", peak_tflops: float | None = None, peak_source: str = "") -> str:
+             name: str = "", peak_tflops: float | None = None, peak_source: str = "",
+             limits: MachineLimits | None = None) -> str:
     """The report; a "% of peak" column on a GPU (or wherever a peak is given), GFLOP/img everywhere."""
     name = name or device.type
     command = f"python -m kx_utils bench --profile {profile.name}" + (" --device cuda" if device.type == "cuda" else "")
@@ -74,6 +111,8 @@ def markdown(profile: Profile, device: torch.device, timings: list[Timing], accu
              "from that one run (ratios against today's path measured minutes apart in the same process).", "",
              "GFLOP/img: torch's FlopCounterMode on one forward pass (convolutions and matrix products, "
              f"2 FLOPs per multiply-add); a training step counts as {TRAIN_STEP_FORWARDS} forward passes.", ""]
+    if limits is not None:
+        lines += limits_lines(limits, timings)
     with_peak = device.type == "cuda" or peak_tflops is not None
     if with_peak:
         peak_text = f"{peak_tflops:,.0f} TFLOP/s dense bf16 ({peak_source})" if peak_tflops is not None else \
@@ -91,9 +130,8 @@ def markdown(profile: Profile, device: torch.device, timings: list[Timing], accu
                   "| victim | surrogate path | Acc(F_A) last epoch | best epoch | recovery | vs whole network | "
                   "train s | × today | per-epoch test accuracy |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in accuracy:
-            full = next((f for f in accuracy if f["frozen_blocks"] == 0 and f["victim"] == r["victim"]), None)
-            label = "whole network (today, the paper's)" if r["frozen_blocks"] == 0 else \
-                f"blocks {r['frozen_blocks']}+ from cached activations"
+            full = next((f for f in accuracy if f["path"] == "fp32" and f["victim"] == r["victim"]), None)
+            label = path_label(r["path"])
             delta = f"{(r['final_acc'] - full['final_acc']) * 100:+.1f} pp" if full else ""
             speed = f"{full['train_seconds'] / r['train_seconds']:.1f}" if full and r["train_seconds"] else ""
             lines.append(f"| {r['victim']} | {label} | {r['final_acc']:.1%} | {r['best_acc']:.1%} | "
@@ -105,14 +143,14 @@ def markdown(profile: Profile, device: torch.device, timings: list[Timing], accu
 
 def run_markdown(run: BenchRun) -> str:
     return markdown(run.profile, run.device, run.timings, run.accuracy, run.device_name,
-                    run.peak_bf16_tflops, run.peak_source)
+                    run.peak_bf16_tflops, run.peak_source, run.limits)
 
 
 def document(run: BenchRun) -> dict:
     """The JSON document of the module docstring's schema."""
     return {"device": run.device.type, "device_name": run.device_name,
             "peak_bf16_tflops": None if run.peak_bf16_tflops is None else float(run.peak_bf16_tflops),
-            "profile": run.profile.name,
+            "profile": run.profile.name, "limits": run.limits.as_dict() if run.limits else None,
             "timings": [{"section": t.section, "model": t.model, "size": int(t.size), "batch": int(t.batch),
                          "path": t.path, "default": bool(t.default), "images_per_s": float(t.images_per_s),
                          "flops_per_image": None if t.flops_per_image is None else float(t.flops_per_image),

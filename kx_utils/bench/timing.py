@@ -28,6 +28,7 @@ Markdown and as JSON.
 from __future__ import annotations
 
 import platform
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -44,7 +45,9 @@ from ..core.devices import (
 )
 from ..core.flops import forward_flops, peak_bf16_tflops, training_flops
 from ..core.models import build_model, split_frozen_prefix
+from ..core.precision import freeze_batch_norm, pointwise_bf16
 from ..core.train import frozen_outputs, soft_cross_entropy
+from .limits import MachineLimits, measure_limits
 
 # training batch sizes timed besides the profile's, for the swept models (see training_models); on a GPU
 # also every batch size the profile trains at (profile_batch_sizes), which the projection costs by
@@ -52,6 +55,34 @@ TRAIN_SWEEP = {"cpu": (16, 256), "cuda": (64, 128, 256, 512)}
 # evaluation batch sizes timed besides the device's own (kx_utils.core.devices.evaluation_batch_size)
 INFERENCE_SWEEP = {"cpu": (64, 1024), "cuda": (256, 4096)}
 TRAIN_CLASSES, INFERENCE_CLASSES = 100, 10
+# the candidate CPU speed-ups of the training loop (kx_utils.core.precision). A path is "fp32" (today),
+# "contiguous", "bf16" (whole-network autocast), "compile", "frozen<N>" (blocks 0..N-1 frozen, their outputs
+# cached) or SPEEDUPS joined with "+"
+SPEEDUPS = ("frozen_bn", "bf16_pointwise")
+SPEEDUP_PATHS = ("bf16_pointwise", "frozen_bn", "frozen_bn+bf16_pointwise")
+
+
+def frozen_prefix_blocks(path: str) -> int:
+    """N of a "frozen<N>" path (the leading blocks trained from cached outputs), else 0."""
+    match = re.fullmatch(r"frozen(\d+)", path)
+    return int(match.group(1)) if match else 0
+
+
+def speedups_of(path: str) -> set[str]:
+    """The :data:`SPEEDUPS` a path joins ("frozen_bn+bf16_pointwise": both)."""
+    parts = set(path.split("+"))
+    return parts & set(SPEEDUPS) if parts <= set(SPEEDUPS) else set()
+
+
+def surrogate_settings_of(path: str) -> dict:
+    """The profile values that train a surrogate on ``path`` (for the reference surrogates)."""
+    speedups = speedups_of(path)
+    if path != "fp32" and not speedups and not frozen_prefix_blocks(path):
+        raise ValueError(f"no surrogate is trained on path {path!r}; surrogate paths: fp32, frozen<N>, "
+                         f"{', '.join(SPEEDUP_PATHS)}")
+    return {"surrogate_frozen_blocks": frozen_prefix_blocks(path),
+            "surrogate_batch_norm": "frozen" if "frozen_bn" in speedups else "train",
+            "surrogate_precision": "bf16_pointwise" if "bf16_pointwise" in speedups else "fp32"}
 
 
 @dataclass
@@ -82,7 +113,8 @@ def package_path(device: torch.device) -> str:
 
 
 def _uses_bf16(path: str, device: torch.device) -> bool:
-    """"fp32" and "bf16" say so; every other path keeps the device's own precision."""
+    """"fp32" and "bf16" say so; every other path keeps the device's own precision (the speed-ups of
+    :data:`SPEEDUPS` set their own)."""
     return path == "bf16" or (path != "fp32" and package_path(device) == "bf16")
 
 
@@ -118,8 +150,11 @@ def training_rate(arch: str, size: int, batch: int, *, classes: int = TRAIN_CLAS
     channels_last = path != "contiguous"
     memory = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory)
-    if path.startswith("frozen"):
-        prefix, model = split_frozen_prefix(model, int(path[len("frozen"):]))
+    speedups = speedups_of(path)
+    if "bf16_pointwise" in speedups:
+        pointwise_bf16(model)
+    if frozen_prefix_blocks(path):
+        prefix, model = split_frozen_prefix(model, frozen_prefix_blocks(path))
         x = frozen_outputs(prefix, torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8),
                            batch, device)
     else:
@@ -127,8 +162,10 @@ def training_rate(arch: str, size: int, batch: int, *, classes: int = TRAIN_CLAS
     y = torch.softmax(torch.randn(batch, classes, device=device), 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     forward = torch.compile(model) if path == "compile" else model
-    bf16 = _uses_bf16(path, device)
+    bf16 = _uses_bf16(path, device) and not speedups
     model.train()
+    if "frozen_bn" in speedups:
+        freeze_batch_norm(model)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -178,9 +215,9 @@ class FlopCounts:
     def training_step(self, arch: str, size: int, path: str, epochs: int) -> float:
         """Per image of one training step on ``path``; a frozen prefix's single pass shared by ``epochs``."""
         whole = self.forward(arch, size, TRAIN_CLASSES)
-        if not path.startswith("frozen"):
+        if not frozen_prefix_blocks(path):
             return training_flops(whole)
-        prefix = self.forward(arch, size, TRAIN_CLASSES, int(path[len("frozen"):]))
+        prefix = self.forward(arch, size, TRAIN_CLASSES, frozen_prefix_blocks(path))
         return training_flops(whole - prefix) + prefix / epochs
 
 
@@ -229,7 +266,7 @@ def _candidates(arch: str, device: torch.device, swept: bool, compile_model: boo
     if device.type == "cuda":
         return (["fp32", "contiguous"] + (["compile"] if compile_model else [])) if swept else []
     return ["contiguous", "bf16"] + (["compile"] if swept and compile_model else []) + \
-        (_frozen_paths(arch) if swept else [])
+        (list(SPEEDUP_PATHS) + _frozen_paths(arch) if swept else [])
 
 
 def training_timings(profile: Profile, device: torch.device, seconds: float, compile_model: bool,
@@ -256,13 +293,13 @@ def training_timings(profile: Profile, device: torch.device, seconds: float, com
             timings.append(row)
             todays.append(row)
             paths = _candidates(arch, device, swept, compile_model) if b == batch else \
-                [p for p in _candidates(arch, device, swept, compile_model) if p.startswith("frozen")]
+                [p for p in _candidates(arch, device, swept, compile_model) if frozen_prefix_blocks(p)]
             for path in paths:
                 t0 = time.perf_counter()
                 rate = training_rate(arch, size, b, path=path, device=device, seconds=seconds)
                 note = f"first step compiled in {time.perf_counter() - t0 - seconds:.0f} s" if path == "compile" else ""
-                if path.startswith("frozen"):
-                    blocks = int(path[len("frozen"):])
+                if frozen_prefix_blocks(path):
+                    blocks = frozen_prefix_blocks(path)
                     prefix = inference_rate(arch, size, 256, device=device, seconds=seconds, prefix_blocks=blocks)
                     # each image passes the frozen prefix once per run, the tail once per epoch
                     amortised = 1 / (1 / rate + 1 / (epochs * prefix))
@@ -323,9 +360,10 @@ def inference_timings(profile: Profile, device: torch.device, seconds: float, co
     return timings
 
 
-def reference_accuracy(profile: Profile, victims: tuple[str, ...], frozen: tuple[int, ...],
+def reference_accuracy(profile: Profile, victims: tuple[str, ...], paths: tuple[str, ...],
                        epochs: int | None = None) -> list[dict]:
-    """The profile's attack on each victim trained by each surrogate path (0: the whole network), seed 0.
+    """The profile's attack on each victim trained on each surrogate path (:func:`surrogate_settings_of`;
+    "fp32": today's whole network), seed 0.
 
     Surrogates are artifacts like any other: a rerun of the benchmark trains none again.
     """
@@ -333,11 +371,11 @@ def reference_accuracy(profile: Profile, victims: tuple[str, ...], frozen: tuple
 
     recipe = profile.surrogate_recipe.replace(epochs=epochs or profile.surrogate_recipe.epochs)
     rows = []
-    for victim, blocks in ((v, b) for v in victims for b in frozen):
+    for victim, path in ((v, p) for v in victims for p in paths):
         t0 = time.perf_counter()
-        result = knockoff(profile.replace(surrogate_frozen_blocks=blocks), victim, recipe=recipe)
-        rows.append({"frozen_blocks": blocks, "victim": result.victim_name, "budget": result.budget,
-                     "epochs": recipe.epochs, "final_acc": result.final_accuracy,
+        result = knockoff(profile.replace(**surrogate_settings_of(path)), victim, recipe=recipe)
+        rows.append({"path": path, "frozen_blocks": frozen_prefix_blocks(path), "victim": result.victim_name,
+                     "budget": result.budget, "epochs": recipe.epochs, "final_acc": result.final_accuracy,
                      "best_acc": result.best_accuracy, "recovery": result.recovery,
                      "train_seconds": result.train_seconds, "cached": result.from_cache,
                      "curve": [round(r["test_acc"], 3) for r in result.history],
@@ -356,6 +394,7 @@ class BenchRun:
     peak_source: str  # where the peak comes from, for the report
     timings: list[Timing]
     accuracy: list[dict]
+    limits: MachineLimits | None = None  # the machine's own ceilings (kx_utils.bench.limits)
 
 
 def device_name(device: torch.device) -> str:
@@ -372,7 +411,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def run_bench(profile: Profile, device: str = "auto", seconds: float = 3.0, compile_model: bool = True,
-              accuracy_victims: tuple[str, ...] = ("caltech", "gtsrb"), frozen: tuple[int, ...] = (0, 7, 14, 17),
+              accuracy_victims: tuple[str, ...] = ("caltech", "gtsrb"),
+              accuracy_paths: tuple[str, ...] = ("fp32", "frozen7", "frozen14", "frozen17"),
               accuracy_epochs: int | None = None, peak_tflops: float | None = None,
               progress: Callable[[str], None] = print) -> BenchRun:
     """Run the three measurements (``peak_tflops`` overrides the device's peak from the table)."""
@@ -388,15 +428,18 @@ def run_bench(profile: Profile, device: str = "auto", seconds: float = 3.0, comp
         peak, source = None, ""
     torch.manual_seed(0)
     flops = FlopCounts()
+    progress(f"machine limits on {dev} ...")
+    limits = measure_limits(dev)
     progress(f"training throughput on {dev} ({name}) ...")
     timings = training_timings(profile, dev, seconds, compile_model, flops, progress)
     progress("inference throughput ...")
     timings += inference_timings(profile, dev, seconds, compile_model, flops, progress)
     accuracy = []
     if accuracy_victims:
-        progress(f"reference surrogates of {', '.join(accuracy_victims)}, frozen blocks {frozen} ...")
-        accuracy = reference_accuracy(profile.replace(device=str(dev)), accuracy_victims, frozen, accuracy_epochs)
-    return BenchRun(profile, dev, name, peak, source, timings, accuracy)
+        progress(f"reference surrogates of {', '.join(accuracy_victims)} on {', '.join(accuracy_paths)} ...")
+        accuracy = reference_accuracy(profile.replace(device=str(dev)), accuracy_victims, accuracy_paths,
+                                      accuracy_epochs)
+    return BenchRun(profile, dev, name, peak, source, timings, accuracy, limits)
 
 
 __all__ = ["BenchRun", "FlopCounts", "Timing", "inference_models", "inference_rate", "package_path",

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.devices import pick_device
+from ..core.precision import BATCH_NORM_MODES, PRECISIONS
 from ..core.recipe import Recipe
-from ..core.settings import ProfileError, field_problems
+from ..core.settings import ProfileError, choice_problem, field_problems
 
 VICTIM_KEYS = ("caltech", "cubs", "diabetic5", "gtsrb", "cifar10", "gtsrb_5l", "cifar10_9l")
 
@@ -136,6 +137,11 @@ class Profile:
     published_validation_fraction: float = 0.1
     # surrogates fine-tune all but this many leading backbone blocks (0: the whole network, as the paper)
     surrogate_frozen_blocks: int = 0
+    # candidate CPU speed-ups of surrogate training, off by default (kx_utils.core.precision; `bench` weighs
+    # them): "bf16_pointwise" computes the 1x1 convolutions and the classifier in bf16, "frozen" keeps the
+    # batch-norm layers on their pretrained statistics
+    surrogate_precision: str = "fp32"
+    surrogate_batch_norm: str = "train"
     # independent repetitions of every surrogate result (transfer-set sample and initialisation)
     surrogate_seeds: tuple[int, ...] = (0,)
     # share of the transfer set Table 2's attacker holds out to watch its own validation accuracy
@@ -178,6 +184,8 @@ class Profile:
         sizes = self.image_size.values() if isinstance(self.image_size, dict) else ()
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
             problems.append(f"image_size must map datasets to sides of 1 pixel or more, got {self.image_size!r}")
+        problems += choice_problem("surrogate_precision", self.surrogate_precision, PRECISIONS)
+        problems += choice_problem("surrogate_batch_norm", self.surrogate_batch_norm, BATCH_NORM_MODES)
         if not problems and self.center_crop == 0:
             problems.append("center_crop must be above 0 (the share of the stored side a model sees), got 0")
         if problems:

@@ -32,6 +32,13 @@ from .batching import batched_outputs
 from .devices import autotuned_convolutions, mixed_precision, pick_device
 from .images import to_float
 from .models import split_frozen_prefix
+from .precision import (
+    BATCH_NORM_MODES,
+    PRECISIONS,
+    freeze_batch_norm,
+    pointwise_bf16,
+    unwrap_bf16,
+)
 from .recipe import AUGMENTATIONS, Recipe
 from .selection import best
 
@@ -175,7 +182,8 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
         seed: int = 0, device: str | torch.device = "auto", checkpoint: str | Path | None = None,
         progress: bool = True, desc: str = "train", eval_batch_size: int = 256,
         frozen_blocks: int = 0, evaluate_every_epoch: bool = True, compile_model: bool = False,
-        input_size: int | None = None) -> list[dict]:
+        input_size: int | None = None, precision: str = "fp32", batch_norm: str = "train",
+        patience: int = 0, monitor: str = "val_acc") -> list[dict]:
     """Train ``model`` in place on uint8 ``images`` and return the per-epoch history.
 
     ``targets`` are int64 class indices (cross-entropy) or float probability vectors
@@ -195,6 +203,16 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     crop (``augment="resized_crop*"``: the paper profile's victims train on RandomResizedCrop(224) of
     images kept at 256 px, as the Knockoff authors' code does); None: the images' own side.
 
+    ``patience`` > 0 stops training once ``monitor`` (an eval set's ``<name>_acc``, then scored every epoch)
+    has not improved for that many epochs; the last epoch trained is scored on every eval set (:func:`epochs_without_improvement`), before ``recipe.epochs`` (whose
+    step schedule still spans ``recipe.epochs``): training until the attacker's validation accuracy stops
+    improving, the paper's advice of Section 5.2.1.
+
+    ``precision="bf16_pointwise"`` computes the pointwise layers in bf16 (training and the per-epoch
+    evaluations; :func:`kx_utils.core.precision.pointwise_bf16`) and ``batch_norm="frozen"`` keeps the
+    batch-norm layers on their stored statistics (:func:`kx_utils.core.precision.freeze_batch_norm`): two
+    candidate speed-ups of ``python -m kx_utils bench``, off by default.
+
     ``compile_model`` trains through ``torch.compile`` of the trained network (the profile's
     ``compile_models``, off by default: :class:`kx_utils.config.schema.Profile` says why); evaluation
     runs the network as it is.  On CUDA the sets live on the GPU for the whole call, so they must
@@ -209,9 +227,28 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     if len(images) == 0:
         raise ValueError("cannot train on an empty set")
+    if patience < 0 or not isinstance(patience, int):
+        raise ValueError(f"patience must be a whole number of epochs, 0 for none, got {patience!r}")
+    if patience and monitor.removesuffix("_acc") not in (eval_sets or {}):
+        raise ValueError(f"patience={patience} watches {monitor!r}, but the eval sets are "
+                         f"{sorted(eval_sets or {})}: pass an eval set named {monitor.removesuffix('_acc')!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(f"unknown batch_norm mode {batch_norm!r}; valid: {', '.join(BATCH_NORM_MODES)}")
     device = pick_device(device)
     soft = targets.is_floating_point()
     model.to(device).to(memory_format=torch.channels_last)
+    if precision == "bf16_pointwise":
+        pointwise_bf16(model)
+        try:
+            return fit(model, images, targets, recipe, eval_sets=eval_sets, seed=seed, device=device,
+                       checkpoint=checkpoint, progress=progress, desc=desc, eval_batch_size=eval_batch_size,
+                       frozen_blocks=frozen_blocks, evaluate_every_epoch=evaluate_every_epoch,
+                       compile_model=compile_model, input_size=input_size, batch_norm=batch_norm,
+                       patience=patience, monitor=monitor)
+        finally:
+            unwrap_bf16(model)
     trained = model
     if frozen_blocks:
         if recipe.augment != "none":
@@ -253,8 +290,12 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
     bar = progress_bar(total_steps, desc, initial=start_epoch * steps_per_epoch) if progress else None
     try:
         for epoch in range(start_epoch, recipe.epochs):
+            if patience and history and epochs_without_improvement(history, monitor) >= patience:
+                break  # also where a resumed run had already stopped
             torch.manual_seed(seed * 100_003 + epoch)  # dropout: reproducible after a resume
             trained.train()
+            if batch_norm == "frozen":
+                freeze_batch_norm(trained)
             t0 = time.perf_counter()
             order = torch.randperm(len(images), generator=generator, device=generator.device)
             # summed in float64 where the loss is: the same arithmetic as Python floats, read once per epoch
@@ -280,8 +321,9 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
             row = {"epoch": epoch + 1, "lr": learning_rate(recipe, (epoch + 1) * steps_per_epoch - 1, total_steps),
                    "train_loss": float(loss_sum) / seen, "train_seconds": time.perf_counter() - t0}
             last = epoch + 1 == recipe.epochs
-            for name, (eval_images, eval_labels) in eval_sets.items() if evaluate_every_epoch or last else ():
-                row[f"{name}_acc"] = accuracy(trained, eval_images, eval_labels, eval_batch_size, device)
+            for name, (eval_images, eval_labels) in eval_sets.items():
+                if evaluate_every_epoch or last or (patience and f"{name}_acc" == monitor):
+                    row[f"{name}_acc"] = accuracy(trained, eval_images, eval_labels, eval_batch_size, device)
             history.append(row)
             if checkpoint is not None:
                 atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -291,6 +333,10 @@ def fit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, recipe: R
                 bar.set_postfix_str(", ".join([f"epoch {epoch + 1}/{recipe.epochs}",
                                                *(f"{k.removesuffix('_acc')} {v:.1%}" for k, v in row.items()
                                                  if k.endswith("_acc"))]))
+        if patience and history:  # stopped early: the last epoch trained is scored on every set
+            for name, (eval_images, eval_labels) in eval_sets.items():
+                if f"{name}_acc" not in history[-1]:
+                    history[-1][f"{name}_acc"] = accuracy(trained, eval_images, eval_labels, eval_batch_size, device)
     finally:  # a run that raises leaves its bar closed in red (tqdm's danger style)
         if bar is not None:
             bar.close()
@@ -306,6 +352,11 @@ def frozen_outputs(prefix: nn.Module, images: torch.Tensor, batch_size: int = 25
     prefix.eval().to(device)
     return batched_outputs(prefix, images, batch_size, device, autocast=False).contiguous(
         memory_format=torch.channels_last)
+
+
+def epochs_without_improvement(history: list[dict], key: str) -> int:
+    """Epochs since the best ``key`` of ``history`` (ties: the earliest counts as the best)."""
+    return history[-1]["epoch"] - best_epoch(history, key)["epoch"]
 
 
 def best_epoch(history: list[dict], key: str) -> dict:

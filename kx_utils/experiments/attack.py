@@ -120,18 +120,23 @@ def _query_settings(profile: Profile, victim_settings: dict, query_size: int, po
 
 
 def _surrogate_settings(profile: Profile, query: dict, surrogate_size: int, recipe: Recipe,
-                        validation_fraction: float, seed: int, test_curve: bool) -> dict:
+                        validation_fraction: float, seed: int, test_curve: bool, patience: int = 0) -> dict:
     return {"query": query, "surrogate_arch": profile.surrogate_arch,
             "surrogate_size": surrogate_size, "recipe": recipe.as_dict(),
             "frozen_blocks": profile.surrogate_frozen_blocks,
-            "validation_fraction": validation_fraction, "seed": seed, "test_curve": test_curve}
+            "validation_fraction": validation_fraction, "seed": seed, "test_curve": test_curve,
+            # early stopping and the candidate speed-ups name themselves only where on: every default run
+            # keeps its key
+            **({"patience": patience} if patience else {}),
+            **({"precision": profile.surrogate_precision} if profile.surrogate_precision != "fp32" else {}),
+            **({"batch_norm": profile.surrogate_batch_norm} if profile.surrogate_batch_norm != "train" else {})}
 
 
 def surrogate_settings(profile: Profile, victim_key: str, *, mode: str = "probs", k: int = 1, decimals: int = 1,
                        pool: str = "imagenet", pool_split: str | None = None, budget: int | None = None,
                        replace: bool = False, recipe: Recipe | None = None, batch_size: int | None = None,
                        validation_fraction: float = 0.0, seed: int | None = None, test_curve: bool = True,
-                       with_content: bool = True) -> dict:
+                       patience: int = 0, with_content: bool = True) -> dict:
     """The settings (the cache key) of the surrogate ``knockoff(profile, victim_key, **same arguments)``
     trains, from the settings alone: no model built, no image decoded, no query sent (the data's
     content digests are read from the cache, or the files hashed once; ``with_content=False`` puts
@@ -151,7 +156,8 @@ def surrogate_settings(profile: Profile, victim_key: str, *, mode: str = "probs"
                             victim_image_size(profile, victim_key), pool, pool_split,
                             int(profile.transfer_budget if budget is None else budget), seed,
                             replace, api_description(mode, k, decimals), with_content)
-    return _surrogate_settings(profile, query, surrogate_size, recipe, validation_fraction, seed, test_curve)
+    return _surrogate_settings(profile, query, surrogate_size, recipe, validation_fraction, seed, test_curve,
+                               patience)
 
 
 def query_victim(profile: Profile, victim: Victim, api: PredictionAPI, pool_images: ImageSet,
@@ -247,6 +253,11 @@ class KnockoffResult:
     settings: dict = field(default_factory=dict, repr=False)
 
     @property
+    def epochs_trained(self) -> int:
+        """Epochs actually trained: ``epochs`` unless early stopping (``patience``) ended the run sooner."""
+        return len(self.history)
+
+    @property
     def recovery(self) -> float:
         return self.final_accuracy / self.victim_accuracy
 
@@ -266,7 +277,7 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
              replace: bool = False, recipe: Recipe | None = None, batch_size: int | None = None,
              validation_fraction: float = 0.0, seed: int | None = None,
              store: ArtifactStore | None = None, detector=None, detector_action: str = "refuse",
-             test_curve: bool = True) -> KnockoffResult:
+             test_curve: bool = True, patience: int = 0) -> KnockoffResult:
     """Run (or load) one Knockoff attack against victim ``victim_key`` of ``profile``.
 
     ``budget`` is a number of queries, None for the profile's budget, or ``"all"``
@@ -274,8 +285,13 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
     transfer set out as the attacker's validation set (labelled by the victim's
     answers); the result then reports the test accuracy at the best validation
     epoch, as a real attacker would stop.  Without ``test_curve`` the victim's test set
-    is scored only after the last epoch (the result's best epoch is then the last).
+    is scored only after the last epoch (the result's best epoch is then the last).  ``patience`` > 0
+    (with a validation split) stops training once the attacker's validation accuracy has not improved for
+    that many epochs, ``recipe.epochs`` at most (``KnockoffResult.epochs_trained``).
     """
+    if patience and not validation_fraction > 0:
+        raise ValueError(f"patience={patience} stops on the attacker's validation accuracy: pass "
+                         "validation_fraction > 0 to hold a validation split out")
     store = store or ArtifactStore(profile.cache_root)
     seed = profile.seed if seed is None else seed
     victim = get_victim(profile, victim_key, store)
@@ -292,13 +308,13 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
     q_settings = answered["settings"]
 
     s_settings = _surrogate_settings(profile, q_settings, surrogate_size, recipe, validation_fraction, seed,
-                                     test_curve)
+                                     test_curve, patience)
     blob = cached_surrogate(store, s_settings)
     from_cache = blob is not None
     if blob is None:
         pool_images = attacker_pool(profile, pool, pool_split, surrogate_size, store)  # the surrogate trains on it
         blob = _train_surrogate(profile, victim, pool_images, answered, recipe, validation_fraction,
-                                seed, store, s_settings, test_curve)
+                                seed, store, s_settings, test_curve, patience)
         store.save(SURROGATE, s_settings, blob)
         store.scratch_path(SURROGATE, s_settings, "ckpt").unlink(missing_ok=True)
 
@@ -347,7 +363,7 @@ def cached_surrogate(store: ArtifactStore, settings: dict) -> dict | None:
 
 def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, answered: dict,
                      recipe: Recipe, validation_fraction: float, seed: int, store: ArtifactStore,
-                     settings: dict, test_curve: bool = True) -> dict:
+                     settings: dict, test_curve: bool = True, patience: int = 0) -> dict:
     answers = answered["answers"]
     keep = answered_rows(answers)  # refused queries teach nothing
     if not keep.any():
@@ -370,7 +386,9 @@ def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, an
                   checkpoint=store.scratch_path(SURROGATE, settings, "ckpt"),
                   progress=profile.progress, desc=f"surrogate of {victim.name}, seed {seed}",
                   eval_batch_size=evaluation_batch_size(profile), frozen_blocks=profile.surrogate_frozen_blocks,
-                  evaluate_every_epoch=test_curve, compile_model=profile.compile_models)
+                  evaluate_every_epoch=test_curve, compile_model=profile.compile_models,
+                  precision=profile.surrogate_precision, batch_norm=profile.surrogate_batch_norm,
+                  patience=patience)
     pred = predict_logits(model, test.images, evaluation_batch_size(profile), pick_device(profile.device)).argmax(1)
     return {"history": history, "per_class_accuracy": per_class_accuracy(pred, test.labels, targets.shape[1]),
             "train_seconds": sum(r["train_seconds"] for r in history) or time.perf_counter() - t0,
