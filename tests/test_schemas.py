@@ -48,7 +48,7 @@ def test_a_row_that_does_not_fit_is_refused_naming_table_row_and_column(row, mes
 
 def test_pattern_columns_and_optional_columns():
     row = {"name": "GTSRB-MNV2", "victim_acc": 0.9, **seeded("bs64", [0.5, 0.6]), "bs256": 0.4,
-           "bs256_equal_steps": 0.55, "best_batch_size": 64, "epochs": 6, "steps_per_epoch": {"bs64": 10},
+           "bs256_equal_steps": 0.55, "equal_steps_seeds": [0], "best_batch_size": 64, "epochs": 6, "steps_per_epoch": {"bs64": 10},
            "seeds_per_batch_size": {"bs64": 2}}
     schema_of("table7").check({"gtsrb": row})
     with pytest.raises(ResultSchemaError, match="unknown column 'batch64'"):

@@ -191,7 +191,9 @@ SCHEMAS: dict[str, TableSchema] = {s.table: s for s in (
         Column(r"bs\d+_equal_steps", "fraction", seeded=True, pattern=True),
         Column("best_batch_size", "count"), Column("epochs", "count"),
         Column("steps_per_epoch", "mapping"), Column("seeds_per_batch_size", "mapping"),
-        Column("equal_steps_epochs", "mapping", optional=True), _TEST_SIZE)),
+        Column("equal_steps_epochs", "mapping", optional=True),
+        Column("equal_steps_seeds", "list", optional=True),  # the seeds the equal-steps control ran on
+        _TEST_SIZE)),
     TableSchema("early_stopping", (
         Column("name", "text"), Column("victim_acc", "fraction"), Column("final_epoch", "count"),
         *_columns("fraction", ("final_acc", "best_acc", "val_selected_acc"), seeded=True),
