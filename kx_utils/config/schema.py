@@ -39,9 +39,8 @@ class Section5Plan:
     grid_batch_sizes: tuple[int, ...] | None  # 5.2.2's validation grid; None: profile.batch_sizes
     grid_epochs: int | None  # None: the profile's surrogate epochs
     imagenet_control: bool  # 5.2.2: the same grid on as many ImageNet queries
-    # queries and epochs of the surrogates of Tables 5-7 and 5.1.3's control (None: the profile's)
-    budget: int | None = None
-    epochs: int | None = None
+    # (Tables 5-7 and 5.1.3's control have no budget or epochs of their own: they are Table 2's attack, as in
+    # the paper, so that Table 2's runs are their probability-vector and batch-64 surrogates)
     # experiments run on the first of the profile's surrogate_seeds only (kx_utils.config.seeds.SEEDED_EXPERIMENTS)
     single_seed: tuple[str, ...] = ()
     # recovery against the number of queries (beyond the paper): victims and budgets ("all": the pool)
@@ -50,6 +49,14 @@ class Section5Plan:
     # Table 7's control (beyond the paper): the largest batch size trained again for as many SGD steps as
     # batch 64 takes (its epochs scaled up), on the seeds of ``table7_equal_steps``
     table7_equal_steps: bool = False
+    # Table 7's convergence protocol (the paper's advice in 5.2.1, beyond its table): every batch size trained
+    # until the attacker's validation accuracy has not improved for ``table7_convergence_patience`` epochs,
+    # ``table7_convergence_epochs`` at most (None: the profile's surrogate epochs), on
+    # ``table7_convergence_budget`` queries (None: the profile's transfer budget); () runs none
+    table7_convergence_victims: tuple[str, ...] = ()
+    table7_convergence_budget: int | None = None
+    table7_convergence_epochs: int | None = None
+    table7_convergence_patience: int = 3
 
     def __post_init__(self):
         problems = field_problems(self)
@@ -70,7 +77,7 @@ SECTION5_KEYS = tuple(f.name for f in dataclasses.fields(Section5Plan))
 
 # the surrogate experiments a profile can limit to one seed (Section5Plan.single_seed; kx_utils.config.seeds)
 SEEDED_EXPERIMENTS = ("table2", "table5", "table6", "extra_formats", "table7", "table7_bs16", "table7_equal_steps",
-                      "figure2",
+                      "table7_convergence", "figure2",
                       "section_5_1_3", "section_5_2_2", "budget_curves")
 
 # Profile values that are shares of something, from 0 to 1

@@ -14,7 +14,7 @@ from ..config.schema import Profile
 from ..config.seeds import seeds_for
 from ..data.catalog import DATASETS
 from .registry import Experiment, Notebook, TaskBuilder, declare
-from .section5 import EXTRA_FORMATS, PAPER_FORMATS, Section5Settings, table2_attack
+from .section5 import EXTRA_FORMATS, PAPER_FORMATS, Section5Settings, table2_attack, table7_experiment
 from .victims import (
     PRETRAINED_VICTIMS,
     VICTIMS,
@@ -150,7 +150,8 @@ def table5_tasks(b: TaskBuilder) -> None:
 
 
 def describe_table5(p: Profile) -> str:
-    return f"Table 5: surrogates for GTSRB-5L and CIFAR10-9L ({Section5Settings.resolve(p).budget:,} queries each)"
+    return (f"Table 5: surrogates for GTSRB-5L and CIFAR10-9L with Table 2's attack "
+            f"({Section5Settings.resolve(p).budget:,} queries each)")
 
 
 def table6_tasks(b: TaskBuilder) -> None:
@@ -195,7 +196,7 @@ def table7_tasks(b: TaskBuilder) -> None:
     s = b.resolved(Section5Settings.resolve)
     for key in s.table7_victims:
         for size in s.table7_batch_sizes:
-            for seed in seeds_for(b.profile, "table7_bs16" if size == 16 else "table7"):
+            for seed in seeds_for(b.profile, table7_experiment(size, s.recipe)):
                 b.surrogate(f"surrogate/table7/{key}/bs{size}/seed{seed}", key, batch_size=size, seed=seed, **s.attack)
         if s.table7_control is not None:
             for seed in seeds_for(b.profile, "table7_equal_steps"):
@@ -210,6 +211,24 @@ def describe_table7(p: Profile) -> str:
                if s.table7_control is not None else "")
     return (f"Table 7: {len(s.table7_victims)} victims x batch sizes {_listed(s.table7_batch_sizes)} "
             f"({s.budget:,} queries, {s.recipe.epochs} epochs){control}")
+
+
+def table7_convergence_tasks(b: TaskBuilder) -> None:
+    s = b.resolved(Section5Settings.resolve)
+    for key in s.convergence_victims:
+        for size in s.table7_batch_sizes:
+            for seed in seeds_for(b.profile, "table7_convergence"):
+                b.surrogate(f"surrogate/table7_convergence/{key}/bs{size}/seed{seed}", key, batch_size=size,
+                            seed=seed, **s.convergence_attack)
+
+
+def describe_table7_convergence(p: Profile) -> str:
+    s = Section5Settings.resolve(p)
+    if not s.convergence_victims:
+        return "Table 7's convergence protocol: not run in this profile"
+    return (f"Table 7's convergence protocol: {', '.join(s.convergence_victims)} x batch sizes "
+            f"{_listed(s.table7_batch_sizes)} ({s.convergence_budget:,} queries, until the attacker's validation "
+            f"accuracy has not improved for {s.convergence_patience} epochs, {s.convergence_recipe.epochs} at most)")
 
 
 def figure2_tasks(b: TaskBuilder) -> None:
@@ -271,6 +290,8 @@ declare(
     Experiment("section_5_1_3", "04_architecture_and_output", ("section_5_1_3",), describe_section_5_1_3,
                section_5_1_3_tasks, call_cost),
     Experiment("table7", "05_hyperparameters", ("table7",), describe_table7, table7_tasks, call_cost),
+    Experiment("table7_convergence", "05_hyperparameters", ("table7_convergence",), describe_table7_convergence,
+               table7_convergence_tasks, call_cost),
     Experiment("figure2", "05_hyperparameters", ("figure2", "early_stopping"), describe_figure2, figure2_tasks,
                call_cost),
     Experiment("section_5_2_2", "06_in_distribution", ("section_5_2_2",), describe_section_5_2_2,

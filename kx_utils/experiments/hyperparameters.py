@@ -2,6 +2,8 @@
 
 - :func:`table7_rows`: the last-epoch accuracy per training batch size (Table 7, with its equal-steps control
   beyond the paper) and :func:`batch_size_summary`, the best batch size beside the paper's;
+- :func:`convergence_rows`: Table 7 again with every batch size trained until the attacker's validation
+  accuracy stops improving (the paper's own advice in 5.2.1), which decides claim 5 where it ran;
 - :func:`figure2_entries`: accuracy over the epochs (Figure 2) and the attacker who stops on its own
   validation split (the early-stopping table);
 - :func:`notes`: what the notebook's results say about how they were made.
@@ -18,7 +20,8 @@ from typing import Callable, Mapping, Sequence
 
 from ..config.profiles import RATIONALE
 from ..config.schema import VICTIM_KEYS, Profile
-from ..config.seeds import seeds_for, seeds_note
+from ..config.seeds import seeded, seeds_for, seeds_note
+from ..core.selection import best
 from ..runtime.artifacts import ArtifactStore
 from ..runtime.regime import meaningful_numbers
 from .attack import KnockoffResult, knockoff
@@ -28,6 +31,8 @@ from .section5 import (
     curve_entry,
     early_stopping_row,
     knockoff_seeds,
+    table2_attack,
+    table7_experiment,
 )
 from .victims import chance_level, require_above_chance
 
@@ -38,7 +43,8 @@ REFERENCE_BATCH_SIZE = 64  # the equal-steps control matches batch 64's number o
 def table7_rows(profile: Profile, settings: Section5Settings, store: ArtifactStore | None = None,
                 on_result: Callable[[str, int, KnockoffResult], None] | None = None) -> dict:
     """Table 7: ``{victim: row}`` of :func:`batch_size_rows` for ``settings.table7_victims`` and
-    ``table7_batch_sizes`` at the Section 5 budget and epochs, with the equal-steps control where
+    ``table7_batch_sizes`` with Table 2's attack (its batch-64 column is Table 2's runs), with the equal-steps
+    control where
     ``settings.table7_control`` names one.  ``on_result(victim, batch_size, result)`` sees every run."""
     rows, results = batch_size_rows(profile, settings.table7_victims, settings.table7_batch_sizes, store=store,
                                     on_result=on_result, equal_steps=settings.table7_control is not None,
@@ -52,12 +58,12 @@ def table7_rows(profile: Profile, settings: Section5Settings, store: ArtifactSto
             require_above_chance(row, chance_level(profile, key, store),
                                  {f"bs{b}": row[f"bs{b}"] for b in settings.table7_batch_sizes})
     default = profile.surrogate_recipe.batch_size
-    if rows and default in settings.table7_batch_sizes:  # Table 7's default column is notebook 04's surrogate
+    if rows and default in settings.table7_batch_sizes:  # Table 7's default column is Table 2's surrogate
         key = settings.table7_victims[0]
-        again = knockoff(profile, key, store=store, **settings.attack)
-        if not (again.from_cache and again.queries_sent == 0
-                and again.final_accuracy == results[key][default][0].final_accuracy):
-            raise RuntimeError(f"Table 7 {key} bs{default}: rerunning notebook 04's surrogate sent "
+        first = results[key][default][0]
+        again = knockoff(profile, key, store=store, seed=first.settings["seed"], **table2_attack(profile))
+        if not (again.from_cache and again.queries_sent == 0 and again.final_accuracy == first.final_accuracy):
+            raise RuntimeError(f"Table 7 {key} bs{default}: rerunning Table 2's surrogate sent "
                                f"{again.queries_sent} queries (from cache: {again.from_cache}) or changed its "
                                "accuracy: it was not reused")
     return rows
@@ -65,9 +71,9 @@ def table7_rows(profile: Profile, settings: Section5Settings, store: ArtifactSto
 
 def check_batch_size_runs(profile: Profile, settings: Section5Settings, key: str, batch_size: int,
                           runs: Sequence[KnockoffResult]) -> None:
-    """Raise unless ``runs`` are one per seed of the plan (``table7_bs16`` for batch 16, else ``table7``), each
-    at ``batch_size``, the Section 5 budget and its epochs."""
-    expected = list(seeds_for(profile, "table7_bs16" if batch_size == 16 else "table7"))
+    """Raise unless ``runs`` are one per seed of the plan (:func:`table7_experiment`), each at ``batch_size``,
+    Table 2's budget and its epochs."""
+    expected = list(seeds_for(profile, table7_experiment(batch_size, settings.recipe)))
     seeds = [r.settings.get("seed") for r in runs]
     if seeds != expected:
         raise RuntimeError(f"Table 7 {key} bs{batch_size}: seeds {seeds}, expected {expected}")
@@ -97,6 +103,47 @@ def check_equal_steps_control(profile: Profile, settings: Section5Settings, row:
             raise RuntimeError(f"Table 7 {row['name']}: the control trained batch size {r.batch_size} for "
                                f"{r.epochs * per_epoch} steps; expected {settings.table7_control} for about "
                                f"{reference} (batch {REFERENCE_BATCH_SIZE}'s)")
+
+
+def convergence_rows(profile: Profile, settings: Section5Settings, store: ArtifactStore | None = None,
+                     on_result: Callable[[str, int, KnockoffResult], None] | None = None) -> dict:
+    """Table 7 under the convergence protocol: for each victim of ``settings.convergence_victims`` and each
+    batch size of Table 7, surrogates trained until the attacker's validation accuracy has not improved for
+    ``convergence_patience`` epochs (``convergence_recipe.epochs`` at most, the step schedule spanning them),
+    on the seeds of ``table7_convergence``.
+
+    A row holds ``bs<b>``: the test accuracy at the epoch the attacker's validation picks (what an attacker
+    who stops on its own data keeps), ``bs<b>_last`` the last epoch trained, ``epochs_trained`` per batch size
+    (one per seed), the budget, the most epochs and the patience, and ``best_batch_size``.
+    """
+    rows = {}
+    for key in settings.convergence_victims:
+        results = {}
+        for b in settings.table7_batch_sizes:
+            runs = results[b] = knockoff_seeds(profile, key, "table7_convergence", batch_size=b, store=store,
+                                               **settings.convergence_attack)
+            for r in runs:
+                if r.val_selected_accuracy is None or r.epochs_trained > settings.convergence_recipe.epochs:
+                    raise RuntimeError(f"Table 7 convergence {key} bs{b} seed {r.settings['seed']}: trained "
+                                       f"{r.epochs_trained} epochs (at most {settings.convergence_recipe.epochs}) "
+                                       "without a validation-selected epoch")
+                if on_result:
+                    on_result(key, b, r)
+        first = results[settings.table7_batch_sizes[0]][0]
+        row = {"name": first.victim_name, "victim_acc": first.victim_accuracy}
+        for b, runs in results.items():
+            row.update(seeded(f"bs{b}", [r.val_selected_accuracy for r in runs]))
+            row.update(seeded(f"bs{b}_last", [r.final_accuracy for r in runs]))
+        row["best_batch_size"] = best(results, key=lambda b: row[f"bs{b}"], ties=lambda b: b)
+        row["epochs_trained"] = {f"bs{b}": [r.epochs_trained for r in runs] for b, runs in results.items()}
+        row["budget"], row["max_epochs"] = first.budget, settings.convergence_recipe.epochs
+        row["patience"] = settings.convergence_patience
+        row["seeds"] = [r.settings["seed"] for r in results[settings.table7_batch_sizes[0]]]
+        if meaningful_numbers(profile):
+            require_above_chance(row, chance_level(profile, key, store),
+                                 {f"bs{b}": row[f"bs{b}"] for b in settings.table7_batch_sizes})
+        rows[key] = row
+    return rows
 
 
 def batch_size_summary(rows: Mapping[str, Mapping], paper_rows: Mapping[str, Mapping]) -> dict[str, dict]:
@@ -153,8 +200,15 @@ def notes(profile: Profile, settings: Section5Settings) -> list[str]:
                    (" " + RATIONALE["table7"] if profile.name == "mini" else ""))
     if settings.table7_control is not None and settings.table7_victims:
         out.append("Table 7's equal-steps control (beyond the paper): " + RATIONALE["table7_equal_steps"])
-    if settings.budget != profile.transfer_budget or settings.recipe.epochs != profile.surrogate_recipe.epochs:
-        out.append(f"Table 7: {settings.budget} queries, {settings.recipe.epochs} epochs at every batch size.")
+    out.append(f"Table 7: Table 2's attack ({settings.budget:,} queries, {settings.recipe.epochs} epochs) at "
+               "every batch size; its batch-64 column is Table 2's surrogates.")
+    if settings.convergence_victims:
+        out.append(f"Table 7, convergence protocol (beyond the paper's table, its advice in 5.2.1): victims "
+                   f"{', '.join(settings.convergence_victims)}, {settings.convergence_budget:,} queries, each batch "
+                   f"size trained until the attacker's validation accuracy has not improved for "
+                   f"{settings.convergence_patience} epochs ({settings.convergence_recipe.epochs} at most); the "
+                   "accuracy is the test accuracy at the epoch the attacker's validation picks. Claim 5 is "
+                   "decided on it." + (" " + RATIONALE["table7_convergence"] if profile.name == "mini" else ""))
     out.append(f"Figure 2 / early stopping: {settings.figure2_budget} queries, {settings.figure2_recipe.epochs} "
                f"epochs, {profile.validation_fraction:.0%} of the queries held out as the attacker's validation set "
                f"(the surrogate trains on the rest); victims {', '.join(settings.figure2_victims)}."

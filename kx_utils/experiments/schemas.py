@@ -194,6 +194,12 @@ SCHEMAS: dict[str, TableSchema] = {s.table: s for s in (
         Column("equal_steps_epochs", "mapping", optional=True),
         Column("equal_steps_seeds", "list", optional=True),  # the seeds the equal-steps control ran on
         _TEST_SIZE)),
+    TableSchema("table7_convergence", (
+        Column("name", "text"), Column("victim_acc", "fraction"),
+        Column(r"bs\d+", "fraction", seeded=True, pattern=True),  # at the validation-selected epoch
+        Column(r"bs\d+_last", "fraction", seeded=True, pattern=True),
+        Column("best_batch_size", "count"), Column("epochs_trained", "mapping"),
+        *_columns("count", ("budget", "max_epochs", "patience")), Column("seeds", "list"), _TEST_SIZE)),
     TableSchema("early_stopping", (
         Column("name", "text"), Column("victim_acc", "fraction"), Column("final_epoch", "count"),
         *_columns("fraction", ("final_acc", "best_acc", "val_selected_acc"), seeded=True),

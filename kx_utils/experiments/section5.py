@@ -71,8 +71,9 @@ class Section5Settings:
     Victim lists hold only the victims a run of the profile can train (:func:`available_victims`).
     """
 
-    budget: int  # queries of the surrogates of Tables 5-7 and 5.1.3's control
-    recipe: Recipe  # their training recipe: the surrogate recipe with the plan's epochs
+    budget: int  # queries of the surrogates of Tables 5-7: Table 2's (the profile's transfer budget)
+    recipe: Recipe  # their training recipe and 5.1.3's: Table 2's (the profile's surrogate recipe)
+    validation_fraction: float  # the share of its queries the attacker holds out: Table 2's
     table5_victims: tuple[str, ...]
     table6_victims: tuple[str, ...]  # the pretrained victims
     extra_format_victims: tuple[str, ...]  # Table 6's top-k / rounded columns
@@ -80,6 +81,11 @@ class Section5Settings:
     table7_batch_sizes: tuple[int, ...]
     table7_control: int | None  # the batch size of Table 7's equal-steps control, None: no control
     table7_control_epochs: int | None  # its epochs (batch 64's number of SGD steps)
+    convergence_victims: tuple[str, ...]  # Table 7's convergence protocol (none: ())
+    convergence_budget: int
+    convergence_recipe: Recipe  # its epochs are the most a batch size trains
+    convergence_patience: int
+    convergence_validation_fraction: float  # patience needs a validation split: Table 2's, else the profile's
     figure2_victims: tuple[str, ...]
     figure2_budget: int
     figure2_recipe: Recipe
@@ -96,18 +102,22 @@ class Section5Settings:
         plan = section5_plan(profile, **changes)
         available = available_victims(profile)
         pretrained = available_victims(profile, PRETRAINED_VICTIMS)
-        budget = plan.budget or profile.transfer_budget
-        recipe = profile.surrogate_recipe.replace(epochs=plan.epochs or profile.surrogate_recipe.epochs)
+        budget, recipe = profile.transfer_budget, profile.surrogate_recipe
         sizes = tuple(plan.table7_batch_sizes or profile.batch_sizes)
         control = equal_steps_control(sizes, plan.table7_equal_steps)
         extra = pretrained if plan.extra_format_victims is None else plan.extra_format_victims
         return cls(
-            budget=budget, recipe=recipe,
+            budget=budget, recipe=recipe, validation_fraction=profile.surrogate_validation_fraction,
             table5_victims=tuple(k for k in TABLE5_VICTIMS if k in available), table6_victims=pretrained,
             extra_format_victims=tuple(k for k in extra if k in pretrained),
             table7_victims=tuple(k for k in plan.table7_victims or available if k in available),
             table7_batch_sizes=sizes, table7_control=control,
             table7_control_epochs=None if control is None else equal_steps_epochs(budget, control, recipe.epochs),
+            convergence_victims=tuple(k for k in plan.table7_convergence_victims if k in available),
+            convergence_budget=plan.table7_convergence_budget or budget,
+            convergence_recipe=recipe.replace(epochs=plan.table7_convergence_epochs or recipe.epochs),
+            convergence_patience=plan.table7_convergence_patience,
+            convergence_validation_fraction=profile.surrogate_validation_fraction or profile.validation_fraction,
             figure2_victims=tuple(k for k in plan.figure2_victims if k in available),
             figure2_budget=plan.figure2_budget or profile.transfer_budget,
             figure2_recipe=profile.surrogate_recipe.replace(epochs=plan.figure2_epochs or
@@ -121,14 +131,32 @@ class Section5Settings:
 
     @property
     def attack(self) -> dict:
-        """The keyword arguments of :func:`knockoff` for Tables 5-7 and 5.1.3: the victim's test set scored
-        after the last epoch only."""
-        return {"budget": self.budget, "recipe": self.recipe, "test_curve": False}
+        """The keyword arguments of :func:`knockoff` for Tables 5-7: Table 2's attack (its budget, recipe
+        and validation split, :func:`table2_attack`), the victim's test set scored after the last epoch
+        only, so that a probability-vector run at batch 64 *is* Table 2's surrogate
+        (:func:`kx_utils.experiments.attack.cached_surrogate`)."""
+        return {"budget": self.budget, "recipe": self.recipe, "validation_fraction": self.validation_fraction,
+                "test_curve": False}
+
+    @property
+    def convergence_attack(self) -> dict:
+        """The keyword arguments of :func:`knockoff` for Table 7's convergence runs (pass ``batch_size``):
+        scored on the test set every epoch, so the epoch the attacker's validation picks has its score."""
+        return {"budget": self.convergence_budget, "recipe": self.convergence_recipe,
+                "validation_fraction": self.convergence_validation_fraction, "patience": self.convergence_patience}
 
 
 def table2_attack(profile: Profile) -> dict:
     """The keyword arguments of :func:`knockoff` for Table 2 (and Figure 2, and the budget curves)."""
     return {"validation_fraction": profile.surrogate_validation_fraction}
+
+
+def table7_experiment(batch_size: int, recipe: Recipe) -> str:
+    """Whose seeds a Table 7 column runs on: the recipe's own batch size is Table 2's runs (``table2``),
+    batch 16 is ``table7_bs16``, every other size ``table7``."""
+    if batch_size == recipe.batch_size:
+        return "table2"
+    return "table7_bs16" if batch_size == 16 else "table7"
 
 
 def knockoff_seeds(profile: Profile, victim_key: str, experiment: str, **attack_args) -> list[KnockoffResult]:
@@ -297,8 +325,8 @@ def batch_size_rows(profile: Profile, victims: Iterable[str], batch_sizes: Itera
     for key in victims:
         results[key] = {}
         for b in batch_sizes:
-            experiment = "table7_bs16" if b == 16 else "table7"
-            runs = knockoff_seeds(profile, key, experiment, batch_size=b, recipe=recipe, store=store, **attack_args)
+            runs = knockoff_seeds(profile, key, table7_experiment(b, recipe), batch_size=b, recipe=recipe,
+                                  store=store, **attack_args)
             results[key][b] = runs
             if on_result:
                 for run in runs:
