@@ -76,7 +76,7 @@ class Section5Plan:
 SECTION5_KEYS = tuple(f.name for f in dataclasses.fields(Section5Plan))
 
 # the surrogate experiments a profile can limit to one seed (Section5Plan.single_seed; kx_utils.config.seeds)
-SEEDED_EXPERIMENTS = ("table2", "table5", "table6", "extra_formats", "table7", "table7_bs16", "table7_equal_steps",
+SEEDED_EXPERIMENTS = ("table2", "table5", "table6", "table6_label", "extra_formats", "table7", "table7_bs16", "table7_equal_steps",
                       "table7_convergence", "figure2",
                       "section_5_1_3", "section_5_2_2", "budget_curves")
 

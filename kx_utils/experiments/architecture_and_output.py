@@ -35,6 +35,7 @@ from .section5 import (
     knockoff_row,
     knockoff_seeds,
     section_5_1_3_pair,
+    table2_attack,
 )
 from .victims import (
     PRETRAINED_VICTIMS,
@@ -49,12 +50,15 @@ ALL_FORMATS = PAPER_FORMATS + EXTRA_FORMATS
 
 def table5_rows(profile: Profile, settings: Section5Settings, store: ArtifactStore | None = None) -> dict:
     """Table 5: ``{victim: knockoff_row + "chance"}`` for the pretrained victims and their scratch-trained
-    counterparts (``settings.table5_victims``), at the Section 5 budget, on the seeds of ``table5``."""
+    counterparts (``settings.table5_victims``), with Table 2's attack, on the seeds of ``table5``; the pretrained
+    rows are Table 2's runs (:func:`check_table2_runs`)."""
     seeds = list(seeds_for(profile, "table5"))
     rows = {}
     for key in settings.table5_victims:
-        row = {**knockoff_row(knockoff_seeds(profile, key, "table5", store=store, **settings.attack)),
-               "chance": chance_level(profile, key, store)}
+        runs = knockoff_seeds(profile, key, "table5", store=store, **settings.attack)
+        if key in PRETRAINED_VICTIMS:
+            check_table2_runs(profile, key, runs, store)
+        row = {**knockoff_row(runs), "chance": chance_level(profile, key, store)}
         if row["queries"] != settings.budget or row["seeds"] != seeds:
             raise RuntimeError(f"Table 5 {key}: {row['queries']} queries on seeds {row['seeds']}, "
                                f"expected {settings.budget} on {seeds}")
@@ -65,10 +69,12 @@ def table5_rows(profile: Profile, settings: Section5Settings, store: ArtifactSto
 
 
 def table6_formats(profile: Profile, settings: Section5Settings, key: str, seed: int) -> tuple[str, ...]:
-    """The answer formats ``key`` is attacked with on ``seed``: A_p and A_c, plus top-k and rounded for the
-    victims of ``settings.extra_format_victims`` on the seeds of ``extra_formats``."""
+    """The answer formats ``key`` is attacked with on ``seed`` (one of ``table6``'s, Table 2's seeds): A_p, which
+    is Table 2's run, A_c on the seeds of ``table6_label``, and top-k and rounded for the victims of
+    ``settings.extra_format_victims`` on the seeds of ``extra_formats``."""
+    label = ("label",) if seed in seeds_for(profile, "table6_label") else ()
     extra = key in settings.extra_format_victims and seed in seeds_for(profile, "extra_formats")
-    return PAPER_FORMATS + (EXTRA_FORMATS if extra else ())
+    return ("probs",) + label + (EXTRA_FORMATS if extra else ())
 
 
 def table6_rows(profile: Profile, settings: Section5Settings, store: ArtifactStore | None = None,
@@ -86,6 +92,7 @@ def table6_rows(profile: Profile, settings: Section5Settings, store: ArtifactSto
                                         seed=seed, **settings.attack) for seed in seeds]
         for seed, per_format in zip(seeds, outcomes[key]):
             check_format_outcomes(key, seed, per_format, settings.budget)
+        check_table2_runs(profile, key, [per_format["probs"].result for per_format in outcomes[key]], store)
         row = rows[key] = {**format_row(outcomes[key]), "chance": chance_level(profile, key, store)}
         if meaningful_numbers(profile):
             require_above_chance(row, row["chance"], {f: row.get(f"{f}_acc") for f in ALL_FORMATS})
@@ -100,6 +107,18 @@ def table6_rows(profile: Profile, settings: Section5Settings, store: ArtifactSto
             raise RuntimeError(f"rerunning the label-only attack on cifar10 sent {again.queries_sent} queries "
                                f"(from cache: {again.from_cache}): the cache was not reused")
     return rows, outcomes
+
+
+def check_table2_runs(profile: Profile, key: str, runs: Sequence, store: ArtifactStore | None = None) -> None:
+    """Raise unless each of ``runs`` (probability-vector attacks on ``key``, one per seed) is Table 2's surrogate
+    of that seed: loaded from the cache, trained with the same settings but the test curve, the same accuracy."""
+    for run in runs:
+        table2 = knockoff(profile, key, seed=run.settings["seed"], store=store, **table2_attack(profile))
+        same = {**table2.settings, "test_curve": run.settings["test_curve"]} == run.settings
+        if not (same and table2.from_cache and table2.final_accuracy == run.final_accuracy):
+            raise RuntimeError(f"{key} seed {run.settings['seed']}: this probability-vector surrogate "
+                               f"({run.final_accuracy}) is not Table 2's ({table2.final_accuracy}, settings the same: "
+                               f"{same}, from cache: {table2.from_cache}): Section 5 must reuse Table 2's runs")
 
 
 def check_format_outcomes(key: str, seed: int, per_format: Mapping[str, FormatOutcome], budget: int) -> None:
@@ -168,10 +187,10 @@ def notes(profile: Profile, settings: Section5Settings, section_5_1_3: Mapping |
     if profile.standins and section_5_1_3 is not None:
         out.append(f"5.1.3: all {section_5_1_3['budget']} images of the Diabetic5 stand-in's train split were "
                    f"queried (the paper does not give its count); ImageNet control with the same budget.")
-    if settings.budget != profile.transfer_budget or settings.recipe.epochs != profile.surrogate_recipe.epochs:
-        out.append(f"Tables 5-6 and 5.1.3: {settings.budget} queries, {settings.recipe.epochs} epochs (Table 2: "
-                   f"{profile.transfer_budget}, {profile.surrogate_recipe.epochs})." +
-                   (" " + RATIONALE["section5_budget"] if profile.name == "mini" else ""))
+    out.append(f"Tables 5-6: Table 2's attack ({settings.budget:,} queries, {settings.recipe.epochs} epochs, "
+               f"{settings.validation_fraction:.0%} held out as the attacker's validation set); the "
+               "probability-vector surrogates and Table 5's pretrained rows are Table 2's runs. 5.1.3: Table 2's "
+               "recipe." + (" " + RATIONALE["section5_budget"] if profile.name == "mini" else ""))
     out.append("Table 6: top-1 answers, renormalised, are the one-hot labels of A_c; the notebook checks the "
                "transfer sets are identical and reuses A_c's surrogate for the top1 column.")
     if set(settings.extra_format_victims) != set(PRETRAINED_VICTIMS):

@@ -14,7 +14,8 @@ from ..config.schema import Profile
 from ..config.seeds import seeds_for
 from ..data.catalog import DATASETS
 from .registry import Experiment, Notebook, TaskBuilder, declare
-from .section5 import EXTRA_FORMATS, PAPER_FORMATS, Section5Settings, table2_attack, table7_experiment
+from .architecture_and_output import table6_formats
+from .section5 import EXTRA_FORMATS, Section5Settings, table2_attack, table7_experiment
 from .victims import (
     PRETRAINED_VICTIMS,
     VICTIMS,
@@ -158,12 +159,12 @@ def table6_tasks(b: TaskBuilder) -> None:
     s = b.resolved(Section5Settings.resolve)
     for key in s.table6_victims:
         for seed in seeds_for(b.profile, "table6"):
-            extra = key in s.extra_format_victims and seed in seeds_for(b.profile, "extra_formats")
-            formats = list(PAPER_FORMATS + (EXTRA_FORMATS if extra else ()))
-            # its probability-vector surrogate is Table 5's where the victim is in Table 5: made first, there
+            formats = list(table6_formats(b.profile, s, key, seed))
+            # its probability-vector surrogate is Table 2's run of that seed: made first, there
             probs = b.surrogate(f"surrogate/table6/{key}/probs/seed{seed}", key, seed=seed, **s.attack)
-            b.add(f"surrogates/table6/{key}/seed{seed}", "kx_utils.experiments.section5:attack_formats", key,
-                  formats, after=(b.victim[key], probs), seed=seed, **s.attack)
+            if formats != ["probs"]:
+                b.add(f"surrogates/table6/{key}/seed{seed}", "kx_utils.experiments.section5:attack_formats", key,
+                      formats, after=(b.victim[key], probs), seed=seed, **s.attack)
 
 
 def describe_table6(p: Profile) -> str:

@@ -208,7 +208,7 @@ def notes(profile: Profile, settings: Section5Settings) -> list[str]:
                    f"size trained until the attacker's validation accuracy has not improved for "
                    f"{settings.convergence_patience} epochs ({settings.convergence_recipe.epochs} at most); the "
                    "accuracy is the test accuracy at the epoch the attacker's validation picks. Claim 5 is "
-                   "decided on it." + (" " + RATIONALE["table7_convergence"] if profile.name == "mini" else ""))
+                   "decided on it." + (" " + RATIONALE["table7"] if profile.name == "mini" else ""))
     out.append(f"Figure 2 / early stopping: {settings.figure2_budget} queries, {settings.figure2_recipe.epochs} "
                f"epochs, {profile.validation_fraction:.0%} of the queries held out as the attacker's validation set "
                f"(the surrogate trains on the rest); victims {', '.join(settings.figure2_victims)}."

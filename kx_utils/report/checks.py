@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from ..core import selection
+from ..experiments.victims import CLEARLY_LEARNED, clearly_learned
 from .noise import (
     FAILS,
     HOLDS,
@@ -65,18 +66,32 @@ def _name(names: Names, key: str, row: Mapping | None = None) -> str:
 # ---------------------------------------------------------------- 1, 2: Tables 6 and 5
 
 
+def at_chance(row: Mapping) -> bool:
+    """Whether a row's victim is not clearly above its chance accuracy (the row's ``chance``; a row without one,
+    as the paper's, is kept): its surrogates are no evidence for a claim about extraction."""
+    chance, victim = value_of(row, "chance"), value_of(row, "victim_acc")
+    return chance is not None and victim is not None and not clearly_learned(victim, chance)
+
+
+def _left_out_at_chance(rows: Iterable[tuple[str, Mapping]], names: Names) -> list[str]:
+    left = [_name(names, key, row) for key, row in rows if at_chance(row)]
+    return [f"left out, the victim not clearly above chance (at most {CLEARLY_LEARNED}x): {', '.join(left)}"] \
+        if left else []
+
+
 def label_only_worse(get: Getter, names: Names) -> Judgement:
     table, comparisons = get("table6"), []
     for key, row in table.items():
-        if value_of(row, "probs_acc") is None or value_of(row, "label_acc") is None:
+        if value_of(row, "probs_acc") is None or value_of(row, "label_acc") is None or at_chance(row):
             continue
         n = test_size(get, key, row, names)
         label = _measured("table6", lambda: rate(row, "label_acc", n, "label-only"))
         probs = _measured("table6", lambda: rate(row, "probs_acc", n, "probabilities"))
         comparisons.append(compare(_name(names, key, row), label, "<", probs))
     if not comparisons:
-        raise MissingData("table6", None, "no victim with both probs_acc and label_acc in Table 6")
-    return _judged(comparisons, every)
+        raise MissingData("table6", None, "no victim clearly above chance with both probs_acc and label_acc in "
+                                          "Table 6")
+    return _judged(comparisons, every, notes=_left_out_at_chance(table.items(), names))
 
 
 def scratch_lower_recovery(get: Getter, names: Names) -> Judgement:
@@ -202,23 +217,42 @@ def batch_columns(row: Mapping) -> dict[int, float]:
             if col.startswith("bs") and col[2:].isdigit() and num(value)}
 
 
-def larger_batches_help(get: Getter, names: Names) -> Judgement:
+def _batch_size_comparisons(get: Getter, names: Names, table_key: str) -> list[Comparison]:
     comparisons = []
-    for key, row in get("table7").items():
+    for key, row in get(table_key).items():
         sizes = batch_columns(row)
         larger = {b: v for b, v in sizes.items() if b > 64}
         if 64 not in sizes or not larger:
             continue
         best = selection.best(larger, larger.get, ties="first")  # in the row's column order
         n = test_size(get, key, row, names)
-        comparisons.append(compare(_name(names, key, row), _measured("table7", lambda: rate(row, f"bs{best}", n,
-                                                                                        f"bs{best}")),
-                                   ">", _measured("table7", lambda: rate(row, "bs64", n, "bs64"))))
-    if not comparisons:
+        comparisons.append(compare(_name(names, key, row), _measured(table_key, lambda: rate(row, f"bs{best}", n,
+                                                                                           f"bs{best}")),
+                                   ">", _measured(table_key, lambda: rate(row, "bs64", n, "bs64"))))
+    return comparisons
+
+
+def larger_batches_help(get: Getter, names: Names) -> Judgement:
+    """Claim 5, decided on Table 7's convergence protocol where it ran (every batch size trained until the
+    attacker's validation accuracy stopped improving, scored at the epoch it picks), the paper's equal-epochs
+    Table 7 stated beside; on the equal-epochs table alone where there is no convergence table (the paper's
+    own 200 epochs converge)."""
+    try:
+        converged = _batch_size_comparisons(get, names, "table7_convergence")
+    except MissingData:
+        converged = []
+    equal_epochs = _batch_size_comparisons(get, names, "table7")
+    decided, protocol = (converged, "until convergence") if converged else (equal_epochs, "at equal epochs")
+    if not decided:
         raise MissingData("table7", None, "no victim with bs64 and a batch size above 64 in Table 7 "
                                           "(the profile's batch_sizes)")
-    helped = sum(c.outcome == HOLDS for c in comparisons)
-    return _judged(comparisons, most, f"larger batches help {helped} of {len(comparisons)} victims clearly: ")
+    helped = sum(c.outcome == HOLDS for c in decided)
+    notes = []
+    if converged and equal_epochs:
+        side = _judged(equal_epochs, most)
+        notes.append(f"beside it, at equal epochs (the paper's protocol): {side.verdict}, {side.evidence}")
+    return _judged(decided, most, f"{protocol}, larger batches help {helped} of {len(decided)} victims clearly: ",
+                   notes=notes)
 
 
 def peaks_before_last_epoch(get: Getter, names: Names) -> Judgement:

@@ -76,6 +76,13 @@ def _comparison_table(comparisons: list[Comparison]) -> list[str]:
     return lines
 
 
+def claim_seeds(comparisons) -> str:
+    """How many seeds the numbers of a verdict rest on: "3", "1 and 3" where its measures differ, "-" where no
+    measure is a mean over seeds (a single run's binomial noise)."""
+    counts = sorted({len(m.seeds) or 1 for c in comparisons for m in (c.left, c.right)})
+    return " and ".join(map(str, counts)) if counts else "-"
+
+
 def claims_lines(claims: list[ClaimResult]) -> list[str]:
     md = ["## Claims check", "",
           "Each qualitative claim of the paper, written as a check over the results. *Paper* applies the same check "
@@ -84,10 +91,10 @@ def claims_lines(claims: list[ClaimResult]) -> list[str]:
           "comparisons against the claim, and what the run records about their cause (training length against "
           "the paper's, Table 7's equal-steps control, a threshold-free AUROC beside a thresholded TPR).",
           "", "### How verdicts are decided", "", NOISE_RULE, "",
-          "| # | claim | source | ours | paper |", "|---|---|---|---|---|"]
+          "| # | claim | source | ours | seeds (ours) | paper |", "|---|---|---|---|---|---|"]
     for c in claims:
         md.append(f"| {c.claim.number} | {c.claim.statement} | {c.claim.source} | **{c.verdict}** | "
-                  f"{_paper_column(c)} |")
+                  f"{claim_seeds(c.comparisons)} | {_paper_column(c)} |")
     md.append("")
     for c in claims:
         paper_side = c.paper_evidence if c.paper_verdict == NOT_EVALUATED else f"{c.paper_verdict} — {c.paper_evidence}"
@@ -205,13 +212,15 @@ def wall_time_lines(results: Results) -> list[str]:
 
 
 def budget_text(settings: Mapping) -> str:
-    """The profile's query budgets: Table 2's, and Section 5's where its plan sets its own."""
+    """The profile's query budget, stated once: Table 2's, which every Section 5 attack (Tables 5-7, 5.1.3's
+    recipe) uses too, and the convergence protocol's where it runs on its own budget."""
+    recipe = settings.get("surrogate_recipe") or {}
+    text = (f"{settings.get('transfer_budget')} queries, {recipe.get('epochs')} epochs (Table 2; every Section 5 "
+            "attack is Table 2's: Tables 5-7, and 5.1.3's recipe)")
     s5 = settings.get("section5") or {}
-    text = f"{settings.get('transfer_budget')} queries"
-    if s5.get("budget") or s5.get("epochs"):
-        epochs = s5.get("epochs") or (settings.get("surrogate_recipe") or {}).get("epochs")
-        text += (f" (Table 2, Figure 2); {s5.get('budget') or settings.get('transfer_budget')} queries and "
-                 f"{epochs} epochs (Tables 5-7, 5.1.3)")
+    if s5.get("table7_convergence_victims"):
+        text += (f"; Table 7's convergence protocol: {s5.get('table7_convergence_budget') or settings.get('transfer_budget')} "
+                 f"queries, up to {s5.get('table7_convergence_epochs') or recipe.get('epochs')} epochs")
     return text
 
 

@@ -170,6 +170,8 @@ TABLE_SPECS = (
 OURS_ONLY_TABLES = (
     ("victims", "Victims as trained (01_victims)"),
     ("budget_curves", "Recovery against the query budget (02; beyond the paper)"),
+    ("table7_convergence", "Table 7 until convergence: every batch size trained until the attacker's validation "
+                           "accuracy stops improving, scored at the epoch it picks (05; beyond the paper's table)"),
     ("early_stopping", "Early stopping: last, test-selected and validation-selected epochs (05)"),
     ("filter", "The detector as a filter in front of the API (03)"),
 )
