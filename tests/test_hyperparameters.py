@@ -88,7 +88,7 @@ def test_notes_name_what_table7_leaves_out(tiny_profile, settings):
 
 def test_table7_and_figure2_run_on_tiny_data(tiny_profile, settings, store):
     profile = tiny_profile.replace(surrogate_seeds=(0,))
-    small = dataclasses.replace(settings, budget=60, recipe=profile.surrogate_recipe.replace(epochs=1),
+    small = dataclasses.replace(settings, budget=60, recipe=profile.surrogate_recipe,
                                 table7_batch_sizes=(16, 32), table7_control=None, figure2_victims=("cifar10",),
                                 figure2_budget=60, figure2_recipe=profile.surrogate_recipe)
     seen = []

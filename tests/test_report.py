@@ -355,6 +355,37 @@ def test_claims_over_several_victims_fail_on_one_clear_failure_even_beside_uncle
     assert result.verdict == FAILS and "1 clear, 1 within the noise, 1 against" in result.evidence
 
 
+def test_claim1_leaves_out_a_victim_at_chance_and_says_so():
+    at_chance = {**t6(0.33, 0.34), "victim_acc": 0.40, "chance": 0.33, "name": "Diabetic5-X"}  # 1.2x chance
+    learned = {**t6(0.6, 0.4), "victim_acc": 0.66, "chance": 0.011}
+    result = claim_result(1, table6={"caltech": learned, "diabetic5": at_chance})
+    assert result.verdict == HOLDS and len(result.comparisons) == 1
+    assert "left out, the victim not clearly above chance" in result.evidence and "Diabetic5-X" in result.evidence
+    # the same row, its victim clearly above chance, counts and fails the claim
+    counted = claim_result(1, table6={"caltech": learned, "diabetic5": {**at_chance, "chance": 0.2}})
+    assert counted.verdict == FAILS and "left out" not in counted.evidence
+
+
+def test_claim5_is_decided_until_convergence_with_equal_epochs_stated_beside():
+    equal_epochs = {"a": bs(bs64=0.5, bs256=0.3), "b": bs(bs64=0.5, bs256=0.3)}  # fewer steps: worse
+    converged = {"a": bs(bs64=0.5, bs256=0.6), "b": bs(bs64=0.5, bs256=0.62)}
+    result = claim_result(5, table7=equal_epochs, table7_convergence=converged)
+    assert result.verdict == HOLDS, result.evidence
+    assert result.evidence.startswith("until convergence, larger batches help 2 of 2")
+    assert "at equal epochs (the paper's protocol): fails" in result.evidence
+    assert claim_result(5, table7=equal_epochs, table7_convergence={}).verdict == FAILS  # none ran: equal epochs
+    assert claim_result(5, table7=converged, table7_convergence=equal_epochs).verdict == FAILS
+
+
+def test_a_claims_seeds_are_counted_from_its_measures():
+    from kx_utils.report.markdown import claim_seeds
+    from kx_utils.report.noise import Measure, compare
+    three = Measure(0.5, "a", 0.01, "sd over 3 seeds", (0.49, 0.5, 0.51))
+    one = Measure(0.3, "b", 0.02, "binomial, 1000 test images", n=1000)
+    assert claim_seeds([compare("x", one, "<", three)]) == "1 and 3"
+    assert claim_seeds([compare("x", three, ">", three)]) == "3" and claim_seeds([]) == "-"
+
+
 def test_claim3_is_judged_on_the_fair_baselines_and_states_the_published_ones():
     # the published Mahalanobis (tuned on OOD test data) beats ours in T4_GOOD; the fair one does not
     result = claim_result(3, table4a={k: T4_GOOD for k in ("gtsrb", "diabetic5", "cifar10")})

@@ -13,8 +13,8 @@ from __future__ import annotations
 from ..config.schema import Profile
 from ..config.seeds import seeds_for
 from ..data.catalog import DATASETS
-from .registry import Experiment, Notebook, TaskBuilder, declare
 from .architecture_and_output import table6_formats
+from .registry import Experiment, Notebook, TaskBuilder, declare
 from .section5 import EXTRA_FORMATS, Section5Settings, table2_attack, table7_experiment
 from .victims import (
     PRETRAINED_VICTIMS,

@@ -24,6 +24,7 @@ from ..config.seeds import seeded, seeds_for, seeds_note
 from ..core.selection import best
 from ..runtime.artifacts import ArtifactStore
 from ..runtime.regime import meaningful_numbers
+from .architecture_and_output import check_table2_runs
 from .attack import KnockoffResult, knockoff
 from .section5 import (
     Section5Settings,
@@ -31,10 +32,9 @@ from .section5 import (
     curve_entry,
     early_stopping_row,
     knockoff_seeds,
-    table2_attack,
     table7_experiment,
 )
-from .victims import chance_level, require_above_chance
+from .victims import PRETRAINED_VICTIMS, chance_level, require_above_chance
 
 PAPER_BATCH_SIZES = (16, 64, 128, 256)
 REFERENCE_BATCH_SIZE = 64  # the equal-steps control matches batch 64's number of SGD steps
@@ -61,7 +61,9 @@ def table7_rows(profile: Profile, settings: Section5Settings, store: ArtifactSto
     if rows and default in settings.table7_batch_sizes:  # Table 7's default column is Table 2's surrogate
         key = settings.table7_victims[0]
         first = results[key][default][0]
-        again = knockoff(profile, key, store=store, seed=first.settings["seed"], **table2_attack(profile))
+        if key in PRETRAINED_VICTIMS:
+            check_table2_runs(profile, key, results[key][default])
+        again = knockoff(profile, key, store=store, seed=first.settings["seed"], **settings.attack)
         if not (again.from_cache and again.queries_sent == 0 and again.final_accuracy == first.final_accuracy):
             raise RuntimeError(f"Table 7 {key} bs{default}: rerunning Table 2's surrogate sent "
                                f"{again.queries_sent} queries (from cache: {again.from_cache}) or changed its "
