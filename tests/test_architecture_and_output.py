@@ -80,18 +80,36 @@ def test_section_5_1_3_values_averages_the_seeds_beside_table5(tiny_profile, set
 
 def test_notes_say_what_departs_from_table2(tiny_profile, settings):
     assert A.notes(tiny_profile, settings) == [
+        "Tables 5-6: Table 2's attack (60 queries, 2 epochs, 10% held out as the attacker's validation set); the "
+        "probability-vector surrogates and Table 5's pretrained rows are Table 2's runs. 5.1.3: Table 2's recipe.",
         "Table 6: top-1 answers, renormalised, are the one-hot labels of A_c; the notebook checks the "
         "transfer sets are identical and reuses A_c's surrogate for the top1 column.",
-        "Table 6: top-k and rounded columns only for .",
-        "Seeds: surrogate results are means over 2 seeds (0, 1); single seed (0) for: extra_formats, table7_bs16, "
-        "table7_equal_steps, budget_curves."]
-    smaller = dataclasses.replace(settings, budget=50, extra_format_victims=("cifar10", "caltech"))
-    notes = A.notes(tiny_profile, smaller, {"budget": 1830})
-    assert notes[:2] == [
-        "5.1.3: all 1830 images of the Diabetic5 stand-in's train split were queried (the paper does not give its "
-        "count); ImageNet control with the same budget.",
-        "Tables 5-6 and 5.1.3: 50 queries, 2 epochs (Table 2: 60, 2)."]
+        "Table 6: no top-k or rounded column in this profile.",
+        "Seeds: surrogate results are means over 2 seeds (0, 1); single seed (0) for: table6_label, extra_formats, "
+        "table7, table7_bs16, table7_equal_steps, table7_convergence, budget_curves."]
+    some = dataclasses.replace(settings, extra_format_victims=("cifar10", "caltech"))
+    notes = A.notes(tiny_profile, some, {"budget": 1830})
+    assert notes[0] == ("5.1.3: all 1830 images of the Diabetic5 stand-in's train split were queried (the paper does "
+                        "not give its count); ImageNet control with the same budget.")
     assert notes[3] == "Table 6: top-k and rounded columns only for cifar10, caltech."
+
+
+def test_table6_formats_run_label_only_on_its_own_seeds(tiny_profile, settings):
+    profile = tiny_profile.replace(section5=tiny_profile.section5.replace(single_seed=()))
+    assert A.table6_formats(profile, settings, "cifar10", 1) == ("probs", "label")  # every seed
+    assert A.table6_formats(tiny_profile, settings, "cifar10", 0) == ("probs", "label")
+    assert A.table6_formats(tiny_profile, settings, "cifar10", 1) == ("probs",)  # smoke: label on seed 0 only
+
+
+def test_probability_runs_must_be_table2s_attack(tiny_profile):
+    from kx_utils.experiments.attack import surrogate_settings
+    s5 = Section5Settings.resolve(tiny_profile)
+    key = surrogate_settings(tiny_profile, "cifar10", seed=1, **s5.attack)
+    A.check_table2_runs(tiny_profile, "cifar10", [dataclasses.replace(fake_result(seed=1), settings=key)])
+    assert key["test_curve"] is False and key["validation_fraction"] == tiny_profile.surrogate_validation_fraction
+    other = surrogate_settings(tiny_profile, "cifar10", seed=1, **{**s5.attack, "validation_fraction": 0.0})
+    with pytest.raises(RuntimeError, match=r"settings differ in \['validation_fraction'\]"):
+        A.check_table2_runs(tiny_profile, "cifar10", [dataclasses.replace(fake_result(seed=1), settings=other)])
 
 
 def test_tables_5_and_6_share_their_surrogates_and_figure1_counts_the_queries(tiny_profile, settings, store):

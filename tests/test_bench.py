@@ -313,3 +313,19 @@ def test_limits_place_a_training_row_by_hand():
                                                            "of_bf16_matmul": 0.125})
     assert _positive_finite(memory_bandwidth(CPU, megabytes=8, repeats=2))
     assert _positive_finite(matmul_gflops(CPU, torch.float32, side=128, repeats=2))
+
+
+def test_a_training_steps_operators_add_up_and_name_the_convolution_backward_passes():
+    from kx_utils.bench.ops import breakdown_lines, step_breakdown
+    b = step_breakdown("gtsrb_5l", 16, 8, classes=5, steps=2, top=50)
+    assert b.ms_per_step > 0 and [o.ms_per_step for o in b.ops] == sorted((o.ms_per_step for o in b.ops), reverse=True)
+    assert sum(o.share for o in b.ops) <= 1 + 1e-9  # self times: no operator counted twice
+    names = {o.name for o in b.ops}
+    assert "aten::convolution_backward" in names  # GTSRB-5L: three convolutions, no batch norm
+    assert b.convolution_backward and all("weight" in o.name for o in b.convolution_backward)
+    assert sum(o.ms_per_step for o in b.convolution_backward) == pytest.approx(
+        next(o.ms_per_step for o in b.ops if o.name == "aten::convolution_backward"), rel=1e-6)
+    text = "\n".join(breakdown_lines(b))
+    assert "## Where a training step's time goes" in text and "| convolution_backward |" in text
+    with pytest.raises(ValueError, match="steps and top must be 1 or more"):
+        step_breakdown("gtsrb_5l", 16, 8, steps=0)

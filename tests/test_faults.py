@@ -133,7 +133,8 @@ def test_kx_data_unset_or_a_file_is_an_error_saying_how_to_set_it(tmp_path, monk
     (["--overrides", '{"victim_overrides": {"gtsrb": {"lr": "fast"}}}'],
      "victim_overrides['gtsrb']: lr must be a number, got 'fast' (str)"),
     (["--overrides", '{"validation_fraction": 1.5}'], "validation_fraction is a fraction, from 0 to 1, got 1.5"),
-    (["--overrides", '{"section5": {"epochs": 0}}'], "section5: epochs must be 1 or more, got 0"),
+    (["--overrides", '{"section5": {"table7_convergence_patience": 0}}'],
+     "section5: table7_convergence_patience must be 1 or more, got 0"),
     (["--overrides", '{"batch_sizes": [64, "a"]}'], "batch_sizes must be a list of integers, got [64, 'a']"),
 ], ids=["unknown notebook", "malformed JSON", "not an object", "wrong type", "negative epochs",
         "victim recipe type", "fraction out of range", "zero epochs", "list item type"])

@@ -50,28 +50,32 @@ def test_grid_tasks_follow_the_profile_plan():
     assert len(table2) == len(PRETRAINED_VICTIMS) * len(seeds_for(mini, "table2")) == 15
     assert tasks["surrogate/table2/caltech/seed2"].after == ("victim/caltech",)
     assert tasks["surrogate/table2/caltech/seed2"].kwargs == {"seed": 2, "validation_fraction": 0.1}
-    # Table 7's batch size 64 at Section 5's budget is Table 5's run (same key): one task makes it
-    assert "surrogate/table7/gtsrb/bs64/seed0" not in tasks and "surrogate/table5/gtsrb/seed0" in tasks
-    assert "surrogate/table7/caltech/bs16/seed0" in tasks and "surrogate/table7/caltech/bs16/seed1" not in tasks
-    # Table 7's equal-steps control: bs256 for 4x Section 5's epochs (80 steps, as bs64), on seed 0 only
-    control = tasks["surrogate/table7/caltech/bs256_equal_steps/seed0"]
-    assert control.kwargs["batch_size"] == 256 and control.kwargs["recipe"].epochs == 4 * mini.section5.epochs
-    assert not [n for n in tasks if "equal_steps/seed1" in n or "bs128_equal_steps" in n]
+    # Section 5 is Table 2's attack: Table 7's batch size 64, Table 5's pretrained rows and Table 6's probability
+    # column are Table 2's runs (same key but the test curve): one task makes each
+    for name in ("surrogate/table7/caltech/bs64/seed0", "surrogate/table5/gtsrb/seed0", "surrogate/table6/caltech/probs/seed1"):
+        assert name not in tasks
+    assert "surrogate/table5/gtsrb_5l/seed2" in tasks and "surrogate/table7/caltech/bs256/seed0" in tasks
+    assert "surrogate/table7/caltech/bs16/seed0" not in tasks and "surrogate/table7/caltech/bs128/seed1" not in tasks
+    assert not [n for n in tasks if "equal_steps" in n or "convergence" in n]  # not in mini's 90 minutes
+    # the label-only column on seed 0 (table6_label), with no top-k or rounded column
+    assert tasks["surrogates/table6/cubs/seed0"].args == ("cubs", ["probs", "label"])
+    assert "surrogates/table6/cubs/seed1" not in tasks
     # Table 2 queries the whole pool, so the budget curve's last point ("all") is Table 2's seed-0 run
     assert mini.transfer_budget == 12000 and "all" in mini.section5.budget_curve_budgets
-    assert "surrogate/budget/caltech/all/seed0" not in tasks and "surrogate/budget/caltech/6000/seed0" in tasks
+    assert "surrogate/budget/caltech/all/seed0" not in tasks and "surrogate/budget/caltech/2000/seed0" in tasks
     # no surrogate is trained twice, and none is missing: mini's distinct surrogate keys, counted by hand.
-    # Table 2: 5 pretrained victims x 3 seeds = 15; Table 5: 4 victims x 3 seeds = 12; Table 6's probability
-    # surrogates: 3 x 3 = 9; Table 7: 3 victims x (bs16 on seed 0, bs128 and bs256 on 3 seeds, the bs256 equal-steps
-    # control on seed 0) = 24, its bs64 being Table 5's run; the budget curve: 3 victims x 3 budgets on seed 0 = 9,
-    # its "all" being Table 2's run
+    # Table 2: 5 pretrained victims x 3 seeds = 15; Table 5: the 2 scratch victims x 3 seeds = 6; Table 7: Caltech at
+    # bs128 and bs256 on seed 0 = 2; the budget curve: 3 victims x 2 budgets on seed 0 = 6 (Table 6's label-only
+    # surrogates are the attack_formats tasks')
     from kx_utils.runtime.artifacts import settings_key
     knockoffs = [t for t in tasks.values() if t.function == "kx_utils.experiments.attack:knockoff"]
     keys = {t.name: t.artifact(mini)[1] for t in knockoffs}
-    assert len(knockoffs) == len({settings_key(k) for k in keys.values()}) == 15 + 12 + 9 + 24 + 9
-    # the key Table 7's batch size 64 asks for (its bs128 run's arguments at batch size 64) is one task's: Table 5's
-    bs64 = surrogate_settings(mini, "gtsrb", **{**tasks["surrogate/table7/gtsrb/bs128/seed0"].kwargs, "batch_size": 64})
-    assert [name for name, key in keys.items() if key == bs64] == ["surrogate/table5/gtsrb/seed0"]
+    assert len(knockoffs) == len({settings_key(k) for k in keys.values()}) == 15 + 6 + 2 + 6
+    # the key Table 7's batch size 64 asks for (its bs128 run's arguments at batch size 64) is Table 2's seed 0,
+    # with the test curve Table 2 scores
+    bs128 = tasks["surrogate/table7/caltech/bs128/seed0"].kwargs
+    bs64 = surrogate_settings(mini, "caltech", **{**bs128, "batch_size": 64, "test_curve": True})
+    assert [name for name, key in keys.items() if key == bs64] == ["surrogate/table2/caltech/seed0"]
     order = list(tasks)
     for task in tasks.values():  # dependencies come first
         assert all(order.index(d) < order.index(task.name) for d in task.after)
@@ -93,7 +97,8 @@ def test_grid_for_some_notebooks_keeps_what_they_need():
     assert not any(n.startswith("surrogate/table2/") for n in names)
     # mini's Figure 2 is Table 2's runs: notebook 05 alone still gets them, made by 02's tasks
     names = {t.name for t in grid_tasks(get_profile("mini"), ("05_hyperparameters",))}
-    assert {"surrogate/table2/caltech/seed0", "surrogate/table5/gtsrb/seed0"} <= names
+    assert {"surrogate/table2/caltech/seed0", "surrogate/table2/caltech/seed2", "surrogate/table7/caltech/bs128/seed0"} \
+        <= names  # Table 7's batch-64 column is Table 2's runs too
     assert not any(n.startswith("detection/") for n in names)
 
 

@@ -292,15 +292,17 @@ def test_plan_fails_when_one_folder_or_weight_file_is_missing(tmp_path, monkeypa
 def test_plan_states_the_profiles_own_section5_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("KX_DATA", str(tmp_path))
     text = planning.plan(pl.get_profile("mini")).text()
-    assert "Table 7: 3 victims x batch sizes 16, 64, 128, 256 (1,000 queries, 5 epochs)" in text
+    assert "Table 7: 1 victims x batch sizes 64, 128, 256 (12,000 queries, 6 epochs)" in text
     assert "Figure 2: caltech, cifar10, gtsrb with 12,000 queries for 6 epochs" in text
     assert "batch sizes 64, 128, 256 x 5 epochs (and the same grid on ImageNet queries)" in text
-    assert "top1/top3/rounded answers for every pretrained victim" in text
-    assert "budget curves for caltech, cifar10, gtsrb at 500, 2000, 6000, all queries" in text
-    assert "single seed (0) for: extra_formats, table7_bs16, table7_equal_steps, budget_curves" in text
-    assert "(1,000 queries, 5 epochs), and bs256 for 20 epochs (bs64's SGD steps)" in text
+    assert "top1/top3/rounded answers for no victim" in text
+    assert "budget curves for caltech, cifar10, gtsrb at 500, 2000, all queries" in text
+    assert "single seed (0) for: table6_label, extra_formats, table7, table7_bs16" in text
+    assert "bs64's SGD steps" not in text and "convergence protocol: not run in this profile" in text
     text = planning.plan(pl.get_profile("smoke", section5={"figure2_epochs": 7, "table7_victims": ["cifar10"]})).text()
-    assert "Table 7: 1 victims x batch sizes 16, 64" in text and "with 300 queries for 7 epochs" in text
+    assert "Table 7: 1 victims x batch sizes 16, 64 (300 queries, 2 epochs)" in text
+    assert "with 300 queries for 7 epochs" in text
+    assert "convergence protocol: cifar10 x batch sizes 16, 64 (150 queries" in text
     assert "bs64's SGD steps" not in text  # no batch size above 64: no control
     text = planning.plan(pl.get_profile("paper")).text()
     assert "Figure 2: caltech, cifar10, gtsrb_5l with 100,000 queries for 200 epochs" in text

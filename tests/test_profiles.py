@@ -56,9 +56,12 @@ def test_every_profile_carries_its_own_section5_plan():
     # the paper runs everything at the profile's own sizes
     assert (paper.extra_format_victims, paper.table7_victims, paper.table7_batch_sizes, paper.figure2_budget,
             paper.figure2_epochs, paper.grid_epochs, paper.imagenet_control) == (None,) * 6 + (False,)
-    # mini: Figure 2 from Table 2's runs, Section 5 at its own (smaller) budget, seeds where claims need them
-    assert mini.table7_batch_sizes is None and (mini.figure2_budget, mini.figure2_epochs) == (None, None)
-    assert (mini.budget, mini.epochs) == (1000, 5) and "table7" not in mini.single_seed
+    # mini: Figure 2 from Table 2's runs; Section 5 is Table 2's attack in every profile (the plan has no budget
+    # or epochs of its own), with three seeds for the scratch victims and one for the label-only column
+    assert mini.table7_batch_sizes == (64, 128, 256) and (mini.figure2_budget, mini.figure2_epochs) == (None, None)
+    assert not hasattr(mini, "budget") and not hasattr(mini, "epochs")
+    assert "table5" not in mini.single_seed and {"table6_label", "table7"} <= set(mini.single_seed)
+    assert smoke.table7_convergence_victims == ("cifar10",) and mini.table7_convergence_victims == ()
     assert smoke.table7_victims == ("cifar10", "gtsrb_5l") and smoke.figure2_victims == mini.figure2_victims
     assert {"surrogate_epochs", "section5_budget", "table7", "single_seed", "figure2", "grid_epochs"} <= set(RATIONALE)
     assert get_profile("mini").surrogate_seeds == (0, 1, 2) and get_profile("paper").surrogate_seeds == (0,)
@@ -75,7 +78,7 @@ def test_a_profile_without_a_section5_plan_cannot_exist():
 def test_section5_overrides_merge_and_unknown_keys_are_errors():
     p = get_profile("mini", section5={"figure2_epochs": 6, "grid_batch_sizes": [32, 64]})
     assert p.section5.figure2_epochs == 6 and p.section5.grid_batch_sizes == (32, 64)
-    assert p.section5.budget == 1000  # untouched values kept
+    assert p.section5.table7_victims == ("caltech",)  # untouched values kept
     with pytest.raises(ProfileError, match="valid Section 5 keys"):
         get_profile("mini", section5={"figure_epochs": 6})
 

@@ -131,6 +131,22 @@ def test_table6_keeps_ours_only_columns_and_table7_takes_our_batch_sizes(runs, t
     assert float(t7["bs256.paper"]) == pytest.approx(0.726) and t7["bs256.ours"] == ""
 
 
+def test_a_victim_at_chance_is_marked_in_every_table_and_the_report_says_why(runs, tmp_path):
+    victims = {"diabetic5": {"name": "Diabetic5-MNV2", "victim_acc": 0.40, "chance": 0.33},
+               "gtsrb": {"name": "GTSRB-MNV2", "victim_acc": 0.9, "chance": 0.024}}
+    table6 = {k: {"name": r["name"], "victim_acc": r["victim_acc"], "chance": r["chance"], "probs_acc": 0.35,
+                  "probs_recovery": 0.35 / r["victim_acc"], "label_acc": 0.3, "label_recovery": 0.3 / r["victim_acc"]}
+              for k, r in victims.items()}
+    write_documents(runs, {
+        "01_victims": document("01_victims", tables={"victims": victims}),
+        "04_architecture_and_output": document("04_architecture_and_output", tables={"table6": table6})})
+    out = write_report("smoke", out=tmp_path / "fig").folder
+    rows = read_csv(out / "table6.csv")
+    assert "Diabetic5-MNV2 (at chance)" in rows and "GTSRB-MNV2" in rows
+    report = (out / "report.md").read_text()
+    assert "Rows marked *(at chance)* (Diabetic5-MNV2): the victim itself is not clearly above chance" in report
+
+
 def test_table4_is_one_row_per_victim_and_method_with_both_protocols_and_auroc(runs, tmp_path):
     row = {"ours_tpr": 0.95, "ours_tnr": 0.94, "ours_auroc": 0.97, "ours_fpr_at_95tpr": 0.08,
            "classes_dropped": 3, "in_test": 300, "ood_test": 200}
@@ -362,7 +378,8 @@ def test_claim1_leaves_out_a_victim_at_chance_and_says_so():
     assert result.verdict == HOLDS and len(result.comparisons) == 1
     assert "left out, the victim not clearly above chance" in result.evidence and "Diabetic5-X" in result.evidence
     # the same row, its victim clearly above chance, counts and fails the claim
-    counted = claim_result(1, table6={"caltech": learned, "diabetic5": {**at_chance, "chance": 0.2}})
+    counted = claim_result(1, table6={"caltech": learned, "diabetic5": {**at_chance, **t6(0.30, 0.38),
+                                                                         "chance": 0.2}})
     assert counted.verdict == FAILS and "left out" not in counted.evidence
 
 

@@ -23,6 +23,7 @@ from ..config.profiles import PROFILES
 from ..config.schema import PROFILE_KEYS, Profile
 from ..core.flops import TRAIN_STEP_FORWARDS, peak_fraction
 from .limits import MachineLimits, placement
+from .ops import StepBreakdown, breakdown_lines
 from .timing import BenchRun, Timing, frozen_prefix_blocks
 
 
@@ -100,7 +101,7 @@ def limits_lines(limits: MachineLimits, timings: list[Timing]) -> list[str]:
 
 def markdown(profile: Profile, device: torch.device, timings: list[Timing], accuracy: list[dict],
              name: str = "", peak_tflops: float | None = None, peak_source: str = "",
-             limits: MachineLimits | None = None) -> str:
+             limits: MachineLimits | None = None, breakdown: StepBreakdown | None = None) -> str:
     """The report; a "% of peak" column on a GPU (or wherever a peak is given), GFLOP/img everywhere."""
     name = name or device.type
     command = f"python -m kx_utils bench --profile {profile.name}" + (" --device cuda" if device.type == "cuda" else "")
@@ -113,6 +114,8 @@ def markdown(profile: Profile, device: torch.device, timings: list[Timing], accu
              f"2 FLOPs per multiply-add); a training step counts as {TRAIN_STEP_FORWARDS} forward passes.", ""]
     if limits is not None:
         lines += limits_lines(limits, timings)
+    if breakdown is not None:
+        lines += breakdown_lines(breakdown)
     with_peak = device.type == "cuda" or peak_tflops is not None
     if with_peak:
         peak_text = f"{peak_tflops:,.0f} TFLOP/s dense bf16 ({peak_source})" if peak_tflops is not None else \
@@ -143,7 +146,7 @@ def markdown(profile: Profile, device: torch.device, timings: list[Timing], accu
 
 def run_markdown(run: BenchRun) -> str:
     return markdown(run.profile, run.device, run.timings, run.accuracy, run.device_name,
-                    run.peak_bf16_tflops, run.peak_source, run.limits)
+                    run.peak_bf16_tflops, run.peak_source, run.limits, run.breakdown)
 
 
 def document(run: BenchRun) -> dict:

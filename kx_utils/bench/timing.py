@@ -48,6 +48,7 @@ from ..core.models import build_model, split_frozen_prefix
 from ..core.precision import freeze_batch_norm, pointwise_bf16
 from ..core.train import frozen_outputs, soft_cross_entropy
 from .limits import MachineLimits, measure_limits
+from .ops import StepBreakdown, step_breakdown
 
 # training batch sizes timed besides the profile's, for the swept models (see training_models); on a GPU
 # also every batch size the profile trains at (profile_batch_sizes), which the projection costs by
@@ -395,6 +396,7 @@ class BenchRun:
     timings: list[Timing]
     accuracy: list[dict]
     limits: MachineLimits | None = None  # the machine's own ceilings (kx_utils.bench.limits)
+    breakdown: StepBreakdown | None = None  # where today's surrogate step spends its time (kx_utils.bench.ops)
 
 
 def device_name(device: torch.device) -> str:
@@ -430,6 +432,9 @@ def run_bench(profile: Profile, device: str = "auto", seconds: float = 3.0, comp
     flops = FlopCounts()
     progress(f"machine limits on {dev} ...")
     limits = measure_limits(dev)
+    progress("where a surrogate's training step spends its time ...")
+    size = profile.image_size[profile_surrogate_dataset(profile)]
+    breakdown = step_breakdown(profile.surrogate_arch, size, profile.surrogate_recipe.batch_size, device=dev)
     progress(f"training throughput on {dev} ({name}) ...")
     timings = training_timings(profile, dev, seconds, compile_model, flops, progress)
     progress("inference throughput ...")
@@ -439,7 +444,12 @@ def run_bench(profile: Profile, device: str = "auto", seconds: float = 3.0, comp
         progress(f"reference surrogates of {', '.join(accuracy_victims)} on {', '.join(accuracy_paths)} ...")
         accuracy = reference_accuracy(profile.replace(device=str(dev)), accuracy_victims, accuracy_paths,
                                       accuracy_epochs)
-    return BenchRun(profile, dev, name, peak, source, timings, accuracy, limits)
+    return BenchRun(profile, dev, name, peak, source, timings, accuracy, limits, breakdown)
+
+
+def profile_surrogate_dataset(profile: Profile) -> str:
+    """The dataset whose input size the reference surrogate trains at: Caltech's, the first victim's."""
+    return "caltech256" if "caltech256" in profile.image_size else next(iter(profile.image_size))
 
 
 __all__ = ["BenchRun", "FlopCounts", "Timing", "inference_models", "inference_rate", "package_path",

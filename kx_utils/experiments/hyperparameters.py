@@ -203,7 +203,7 @@ def notes(profile: Profile, settings: Section5Settings) -> list[str]:
     if settings.table7_control is not None and settings.table7_victims:
         out.append("Table 7's equal-steps control (beyond the paper): " + RATIONALE["table7_equal_steps"])
     out.append(f"Table 7: Table 2's attack ({settings.budget:,} queries, {settings.recipe.epochs} epochs) at "
-               "every batch size; its batch-64 column is Table 2's surrogates.")
+               f"every batch size; its batch-{settings.recipe.batch_size} column is Table 2's surrogates.")
     if settings.convergence_victims:
         out.append(f"Table 7, convergence protocol (beyond the paper's table, its advice in 5.2.1): victims "
                    f"{', '.join(settings.convergence_victims)}, {settings.convergence_budget:,} queries, each batch "

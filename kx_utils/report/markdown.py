@@ -17,13 +17,20 @@ import pandas as pd
 
 from ..data.catalog import dataset_info
 from ..experiments.registry import producer
+from ..experiments.victims import CLEARLY_LEARNED
 from ..orchestration.pipeline import NOTEBOOKS, format_seconds
 from ..runtime.artifacts import REPO_ROOT
 from . import paper
 from .claims import ClaimResult
 from .noise import MARGIN, NOISE_RULE, NOT_EVALUATED, Comparison, show_difference
-from .results import DATA_NOT_PRESENT, Results
-from .tables import OURS_ONLY_TABLES, TABLE_SPECS, frame_to_markdown
+from .results import DATA_NOT_PRESENT, Results, victim_names
+from .tables import (
+    AT_CHANCE_MARK,
+    OURS_ONLY_TABLES,
+    TABLE_SPECS,
+    at_chance_victims,
+    frame_to_markdown,
+)
 
 MINI_TARGET_SECONDS = 90 * 60  # the project's target for a whole mini run on a 2-core CPU
 MINI_TARGET = "the project's target for a mini run: 90 minutes on a 2-core CPU"
@@ -305,6 +312,13 @@ def render_report(results: Results, tables: dict[str, pd.DataFrame], missing: di
         md += [f"- `{nb}` — produce it with {_missing_hint(profile, nb)}" for nb in results.missing_notebooks]
     md += [""] + claims_lines(claims)
     md += ["## Tables", ""]
+    names = victim_names(results)
+    marked = [names.get(key, key) for key in at_chance_victims(results)]
+    if marked:
+        md += [f"Rows marked *{AT_CHANCE_MARK.strip()}* ({', '.join(marked)}): the victim itself is not clearly above "
+               f"chance (at most {CLEARLY_LEARNED}x the accuracy of always answering its most frequent test class), "
+               "so its surrogates are no evidence about extraction; they stay in the tables, and every claim over "
+               "every victim leaves them out.", ""]
     for spec in TABLE_SPECS:
         md += [f"### {spec.title}", ""]
         if spec.key in tables:

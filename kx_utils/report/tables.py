@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..experiments.section5 import EXTRA_FORMATS
 from . import paper
-from .checks import batch_columns
+from .checks import at_chance, batch_columns
 from .results import DATA_NOT_PRESENT, MissingData, Results, paper_results, victim_names
 from .side_by_side import measure_table, side_by_side, to_markdown
 
@@ -206,10 +206,22 @@ def _ours_only_frame(found: Mapping[str, Mapping]) -> pd.DataFrame:
     return frame
 
 
+AT_CHANCE_MARK = " (at chance)"
+
+
+def at_chance_victims(results: Results) -> list[str]:
+    """The victims whose own accuracy is not clearly above chance (notebook 01's ``victims`` table): their rows
+    stay in every table, marked, and no claim over every victim counts them."""
+    victims = results.find("victims") or {}
+    return [key for key, row in victims.items() if isinstance(row, dict) and at_chance(row)]
+
+
 def build_tables(results: Results) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
-    """The side-by-side tables that can be built, and for each missing one why it is missing."""
+    """The side-by-side tables that can be built, and for each missing one why it is missing; a victim at chance
+    (:func:`at_chance_victims`) is named with :data:`AT_CHANCE_MARK`."""
     tables, missing = {}, {}
-    names = victim_names(results)
+    marked = at_chance_victims(results)
+    names = {key: name + AT_CHANCE_MARK if key in marked else name for key, name in victim_names(results).items()}
     paper_side = paper_results()
     for spec in TABLE_SPECS:
         try:
