@@ -194,7 +194,8 @@ def test_dawn_watermarks_a_keyed_share_with_wrong_classes():
 
 def test_answer_transforms_agree_with_arts_postprocessors():
     """kx's reverse sigmoid and API formats against ART 1.20.1 (requirements.txt), on the same vectors."""
-    from art.defences.postprocessor import ClassLabels, HighConfidence, ReverseSigmoid as ArtReverseSigmoid, Rounded
+    from art.defences.postprocessor import ClassLabels, HighConfidence, Rounded
+    from art.defences.postprocessor import ReverseSigmoid as ArtReverseSigmoid
 
     from kx_utils.core.api import format_answers
     g = torch.Generator().manual_seed(0)
