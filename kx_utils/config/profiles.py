@@ -44,12 +44,13 @@ RATIONALE = {
     "section5_budget": "Section 5's attacks (Tables 5-7, 5.1.3) are Table 2's attack, as in the paper: 12,000 "
                        "queries, 6 epochs, 10% held out as the attacker's validation set, so Table 2's runs are "
                        "Table 6's probability column, Table 5's pretrained rows and Table 7's batch-64 column "
-                       "(three seeds each). Each further surrogate of that size costs ~280 s of one core; within "
-                       "mini's 90 minutes the two scratch victims (claim 2, the smaller effect) get three seeds, "
-                       "the label-only column (claim 1: 14-21 pp below probabilities in a probe) one.",
+                       "(three seeds each). Every further surrogate of that size costs 5-6 minutes of one core, "
+                       "so the rest is cut in the order of priority: the two scratch victims (claim 2, the smaller "
+                       "effect) get three seeds, the label-only column (claim 1: 14-21 pp below probabilities in a "
+                       "probe) one.",
     "table7": "Table 7 trains Caltech at Table 2's size for batch sizes 128 and 256 (one seed; batch 64 is "
               "Table 2's three seeds); batch 16 (0.7x the speed of 64), the other victims, the equal-steps control "
-              "and the convergence protocol (plan.table7_convergence_victims) do not fit mini's 90 minutes.",
+              "and the convergence protocol (plan.table7_convergence_victims) are cut for time.",
     "single_seed": "The label-only column of Table 6, Table 7's batch sizes 128 and 256 and the budget curves run "
                    "on one seed (RATIONALE['section5_budget']); Table 6's top-k and rounded columns are not run in "
                    "mini (the last of the Section 5 priorities; smoke runs their path).",
