@@ -289,7 +289,8 @@ def _report(profile_name: str, out=None) -> int:
 
 def _bench(args) -> int:
     from .bench.report import document, run_markdown
-    from .bench.timing import run_bench, surrogate_settings_of
+    from .bench.run import run_bench
+    from .bench.timing import surrogate_settings_of
     from .core.devices import CudaUnavailableError
     from .experiments.victims import victim_spec
     from .runtime.artifacts import atomic_write_text

@@ -1,4 +1,4 @@
-"""The benchmark's results (:class:`kx_utils.bench.timing.BenchRun`) as Markdown and as JSON.
+"""The benchmark's results (:class:`kx_utils.bench.run.BenchRun`) as Markdown and as JSON.
 
 The Markdown is the human report (``figures/<profile>/bench.md``).  The JSON is what tools read (the
 lead's GPU-hours projection), in exactly this schema::
@@ -24,7 +24,8 @@ from ..config.schema import PROFILE_KEYS, Profile
 from ..core.flops import TRAIN_STEP_FORWARDS, peak_fraction
 from .limits import MachineLimits, placement
 from .ops import StepBreakdown, breakdown_lines
-from .timing import BenchRun, Timing, frozen_prefix_blocks
+from .run import BenchRun
+from .timing import Timing, frozen_prefix_blocks
 
 
 def machine_line(name: str) -> str:
