@@ -85,8 +85,8 @@ def test_notes_say_what_departs_from_table2(tiny_profile, settings):
         "Table 6: top-1 answers, renormalised, are the one-hot labels of A_c; the notebook checks the "
         "transfer sets are identical and reuses A_c's surrogate for the top1 column.",
         "Table 6: no top-k or rounded column in this profile.",
-        "Seeds: surrogate results are means over 2 seeds (0, 1); single seed (0) for: table6_label, extra_formats, "
-        "table7, table7_bs16, table7_equal_steps, table7_convergence, budget_curves."]
+        "Seeds: surrogate results are means over 2 seeds (0, 1); single seed (0) for: extra_formats, table7, "
+        "table7_bs16, table7_equal_steps, table7_convergence, budget_curves, defences, dawn."]
     some = dataclasses.replace(settings, extra_format_victims=("cifar10", "caltech"))
     notes = A.notes(tiny_profile, some, {"budget": 1830})
     assert notes[0] == ("5.1.3: all 1830 images of the Diabetic5 stand-in's train split were queried (the paper does "
@@ -98,7 +98,9 @@ def test_table6_formats_run_label_only_on_its_own_seeds(tiny_profile, settings):
     profile = tiny_profile.replace(section5=tiny_profile.section5.replace(single_seed=()))
     assert A.table6_formats(profile, settings, "cifar10", 1) == ("probs", "label")  # every seed
     assert A.table6_formats(tiny_profile, settings, "cifar10", 0) == ("probs", "label")
-    assert A.table6_formats(tiny_profile, settings, "cifar10", 1) == ("probs",)  # smoke: label on seed 0 only
+    assert A.table6_formats(tiny_profile, settings, "cifar10", 1) == ("probs", "label")  # smoke: on both seeds
+    one = tiny_profile.replace(section5=tiny_profile.section5.replace(single_seed=("table6_label",)))
+    assert A.table6_formats(one, settings, "cifar10", 1) == ("probs",)  # label-only on seed 0 only
 
 
 def test_probability_runs_must_be_table2s_attack(tiny_profile):

@@ -86,7 +86,9 @@ def test_each_kind_remembers_the_module_that_registers_it():
                       "detector_outputs": "kx_utils.experiments.detection",
                       "ood_scores": "kx_utils.experiments.ood_baselines",
                       "baseline_tuning": "kx_utils.experiments.ood_baselines",
-                      "filter_benign": "kx_utils.experiments.detection"}
+                      "filter_benign": "kx_utils.experiments.detection",
+                      "prada_streams": "kx_utils.experiments.defences",
+                      "dawn_verification": "kx_utils.experiments.defences"}
     assert sources["victim"]["source"] == "kx_utils/experiments/victims.py"
     assert "thing" not in sources  # this file's own kind is not the package's
     assert artifacts.ARTIFACT_OWNERS["thing"].endswith("test_artifacts")

@@ -124,7 +124,7 @@ def test_kx_data_unset_or_a_file_is_an_error_saying_how_to_set_it(tmp_path, monk
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--only", "07"], "notebook '07' matches none; the notebooks are: 01_victims, 02_knockoff"),
+    (["--only", "08"], "notebook '08' matches none; the notebooks are: 01_victims, 02_knockoff"),
     (["--overrides", '{"transfer_budget": 3000'], "--overrides is not valid JSON (Expecting ',' delimiter"),
     (["--overrides", "[3000]"], "--overrides must be a JSON object of profile values, got '[3000]'"),
     (["--overrides", '{"transfer_budget": "3000"}'], "transfer_budget must be an integer, got '3000' (str)"),

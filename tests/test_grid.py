@@ -57,20 +57,20 @@ def test_grid_tasks_follow_the_profile_plan():
     assert "surrogate/table5/gtsrb_5l/seed2" in tasks and "surrogate/table7/caltech/bs256/seed0" in tasks
     assert "surrogate/table7/caltech/bs16/seed0" not in tasks and "surrogate/table7/caltech/bs128/seed1" not in tasks
     assert not [n for n in tasks if "equal_steps" in n or "convergence" in n]  # not in mini's 90 minutes
-    # the label-only column on seed 0 (table6_label), with no top-k or rounded column
-    assert tasks["surrogates/table6/cubs/seed0"].args == ("cubs", ["probs", "label"])
-    assert "surrogates/table6/cubs/seed1" not in tasks
+    # the label-only column on Table 2's three seeds (claim 1), with no top-k or rounded column
+    assert tasks["surrogates/table6/cubs/seed2"].args == ("cubs", ["probs", "label"])
     # Table 2 queries the whole pool, so the budget curve's last point ("all") is Table 2's seed-0 run
     assert mini.transfer_budget == 12000 and "all" in mini.section5.budget_curve_budgets
     assert "surrogate/budget/caltech/all/seed0" not in tasks and "surrogate/budget/caltech/2000/seed0" in tasks
     # no surrogate is trained twice, and none is missing: mini's distinct surrogate keys, counted by hand.
     # Table 2: 5 pretrained victims x 3 seeds = 15; Table 5: the 2 scratch victims x 3 seeds = 6; Table 7: Caltech at
     # bs128 and bs256 on seed 0 = 2; the budget curve: 3 victims x 2 budgets on seed 0 = 6 (Table 6's label-only
-    # surrogates are the attack_formats tasks')
+    # surrogates are the attack_formats tasks'); 07: 2 reverse-sigmoid and 2 MAD strengths on seed 0 = 4, the adaptive
+    # attacker on 3 seeds and random sampling at its budget on seeds 1 and 2 (seed 0 is the budget curve's) = 5
     from kx_utils.runtime.artifacts import settings_key
     knockoffs = [t for t in tasks.values() if t.function == "kx_utils.experiments.attack:knockoff"]
     keys = {t.name: t.artifact(mini)[1] for t in knockoffs}
-    assert len(knockoffs) == len({settings_key(k) for k in keys.values()}) == 15 + 6 + 2 + 6
+    assert len(knockoffs) == len({settings_key(k) for k in keys.values()}) == 15 + 6 + 2 + 6 + 4 + 5
     # the key Table 7's batch size 64 asks for (its bs128 run's arguments at batch size 64) is Table 2's seed 0,
     # with the test curve Table 2 scores
     bs128 = tasks["surrogate/table7/caltech/bs128/seed0"].kwargs

@@ -87,8 +87,8 @@ def test_notes_name_what_table7_leaves_out(tiny_profile, settings):
     assert notes[2] == ("Table 7: Table 2's attack (1,000 queries, 5 epochs) at every batch size; its batch-64 "
                         "column is Table 2's surrogates.")
     assert notes[-2:] == ["Table 7: epochs fixed, so larger batches take fewer SGD steps (as in the paper).",
-                          "Seeds: surrogate results are means over 2 seeds (0, 1); single seed (0) for: table6_label, "
-                          "extra_formats, table7, table7_bs16, table7_equal_steps, table7_convergence, budget_curves."]
+                          "Seeds: surrogate results are means over 2 seeds (0, 1); single seed (0) for: extra_formats, "
+                          "table7, table7_bs16, table7_equal_steps, table7_convergence, budget_curves, defences, dawn."]
     converging = dataclasses.replace(two, convergence_victims=("cifar10",), convergence_budget=50,
                                      convergence_recipe=two.recipe.replace(epochs=9), convergence_patience=2)
     assert H.notes(tiny_profile, converging)[3] == (

@@ -95,8 +95,8 @@ def test_notes_give_the_pool_the_grid_and_the_unseen_imagenet_images(tiny_profil
         "uniformly, not per class.",
         "5.2.2: the detector is compared on the 80 ImageNet images it never saw (all of them), not on 100 like the "
         "in-distribution queries: detector_ood_share=0.1 leaves no more unseen.",
-        "Seeds: surrogate results are means over 2 seeds (0, 1); single seed (0) for: table6_label, extra_formats, "
-        "table7, table7_bs16, table7_equal_steps, table7_convergence, budget_curves."]
+        "Seeds: surrogate results are means over 2 seeds (0, 1); single seed (0) for: extra_formats, table7, "
+        "table7_bs16, table7_equal_steps, table7_convergence, budget_curves, defences, dawn."]
 
 
 def test_validation_grid_curves_show_the_control_beside_and_star_the_choice():

@@ -85,7 +85,7 @@ def test_notebook_selection_accepts_names_and_prefixes_in_pipeline_order():
     assert pl.select_notebooks(["02", "01_victims", "knockoff"]) == ["01_victims", "02_knockoff"]
     assert pl.select_notebooks(["06_in_distribution.ipynb"]) == ["06_in_distribution"]
     with pytest.raises(PipelineError, match="matches none.*01_victims"):
-        pl.select_notebooks(["07"])
+        pl.select_notebooks(["08"])
     with pytest.raises(PipelineError, match="ambiguous"):
         pl.select_notebooks(["0"])
 
@@ -297,7 +297,7 @@ def test_plan_states_the_profiles_own_section5_sizes(tmp_path, monkeypatch):
     assert "batch sizes 64, 128, 256 x 5 epochs (and the same grid on ImageNet queries)" in text
     assert "top1/top3/rounded answers for no victim" in text
     assert "budget curves for caltech, cifar10, gtsrb at 500, 2000, all queries" in text
-    assert "single seed (0) for: table6_label, extra_formats, table7, table7_bs16" in text
+    assert "single seed (0) for: extra_formats, table7, table7_bs16" in text
     assert "bs64's SGD steps" not in text and "convergence protocol: not run in this profile" in text
     text = planning.plan(pl.get_profile("smoke", section5={"figure2_epochs": 7, "table7_victims": ["cifar10"]})).text()
     assert "Table 7: 1 victims x batch sizes 16, 64 (300 queries, 2 epochs)" in text
@@ -455,9 +455,9 @@ def test_cli_reproduce_runs_then_writes_the_report_and_stops_on_failure(notebook
     assert cli.main(["reproduce", "--profile", "smoke"]) == 0
     assert fake.calls == list(NOTEBOOKS[1:])
     out = capsys.readouterr().out
-    assert "[1/6] 01_victims" in out and "reused" in out and "report.md" in out
+    assert "[1/7] 01_victims" in out and "reused" in out and "report.md" in out
     report = (tmp_path / "figures" / "smoke" / "report.md").read_text()
-    assert "Results present: 6 of 6 notebooks" in report
+    assert "Results present: 7 of 7 notebooks" in report
 
 
 def test_cli_reproduce_refuses_to_start_without_data_unless_only_is_given(notebooks, runs, tmp_path,
@@ -532,6 +532,7 @@ def test_cli_reproduce_grid_runs_the_notebooks_no_failed_task_blocks_then_report
     assert cli.main(["reproduce", "--profile", "smoke", "--grid"]) == 1  # a failed grid is a failed command
     err = capsys.readouterr().err
     assert "not run, since they need a failed task: 03_detection, 06_in_distribution" in err
-    assert fake.calls == ["01_victims", "02_knockoff", "04_architecture_and_output", "05_hyperparameters"]
+    assert fake.calls == ["01_victims", "02_knockoff", "04_architecture_and_output", "05_hyperparameters",
+                          "07_defences"]
     report = (tmp_path / "figures" / "smoke" / "report.md").read_text()
-    assert "Results present: 4 of 6 notebooks" in report
+    assert "Results present: 5 of 7 notebooks" in report

@@ -84,7 +84,8 @@ def test_projection_of_smoke_adds_up():
     p = project(get_profile("smoke", data_root="/nonexistent"), gpus=(1, 2, 4))
     for end in (LOW, HIGH):
         assert set(p.per_notebook[end]) == {"01_victims", "02_knockoff", "03_detection",
-                                            "04_architecture_and_output", "05_hyperparameters", "06_in_distribution"}
+                                            "04_architecture_and_output", "05_hyperparameters", "06_in_distribution",
+                                            "07_defences"}
         total = p.total(end)
         assert p.makespan[end][1] == pytest.approx(total)  # one GPU: every task, one after another
         assert p.makespan[end][4] <= p.makespan[end][2] <= p.makespan[end][1] < total * 1.0000001

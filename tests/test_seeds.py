@@ -101,10 +101,10 @@ def test_mean_curve_different_lengths_raise():
 
 def test_each_profile_runs_its_seeds_and_its_single_seed_experiments_on_the_first_only():
     """The profiles' plans (config/profiles.py), through seeds_for: paper one seed, smoke two, mini three; in
-    smoke and mini the label-only column, the extra formats, Table 7 beyond Table 2's batch size, its controls and
-    the budget curves on seed 0 (Table 5's scratch victims on all of them)."""
-    single = ("table6_label", "extra_formats", "table7", "table7_bs16", "table7_equal_steps", "table7_convergence",
-              "budget_curves")
+    smoke and mini the extra formats, Table 7 beyond Table 2's batch size, its controls and
+    the budget curves and 07's defended APIs on seed 0 (Table 5's scratch victims, Table 6's label-only column and 07's adaptive attacker on all of them)."""
+    single = ("extra_formats", "table7", "table7_bs16", "table7_equal_steps", "table7_convergence",
+              "budget_curves", "defences", "dawn")
     expected = {"paper": ((0,), ()), "smoke": ((0, 1), single), "mini": ((0, 1, 2), single)}
     for name, (seeds, limited) in expected.items():
         p = get_profile(name)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..core.recipe import Recipe
 from ..core.settings import ProfileError
-from .schema import Profile, Section5Plan, with_overrides
+from .schema import DefencePlan, Profile, Section5Plan, with_overrides
 
 # The paper's recipes (Sections 3.2.2, 3.2.3, 4.2.2, 5.1.1).  Momentum and weight
 # decay are not given in the paper; 0.5 and 5e-4 are the defaults of the Knockoff
@@ -45,13 +45,13 @@ RATIONALE = {
                        "queries, 6 epochs, 10% held out as the attacker's validation set, so Table 2's runs are "
                        "Table 6's probability column, Table 5's pretrained rows and Table 7's batch-64 column "
                        "(three seeds each). Every further surrogate of that size costs 5-6 minutes of one core, "
-                       "so the rest is cut in the order of priority: the two scratch victims (claim 2, the smaller "
-                       "effect) get three seeds, the label-only column (claim 1: 14-21 pp below probabilities in a "
-                       "probe) one.",
+                       "so the rest is cut in the order of priority: the numbers claims 1 and 2 rest on (the "
+                       "label-only column, the two scratch victims) get three seeds, Table 7 and the budget curves "
+                       "one.",
     "table7": "Table 7 trains Caltech at Table 2's size for batch sizes 128 and 256 (one seed; batch 64 is "
               "Table 2's three seeds); batch 16 (0.7x the speed of 64), the other victims, the equal-steps control "
               "and the convergence protocol (plan.table7_convergence_victims) are cut for time.",
-    "single_seed": "The label-only column of Table 6, Table 7's batch sizes 128 and 256 and the budget curves run "
+    "single_seed": "Table 7's batch sizes 128 and 256, the budget curves and notebook 07's defended APIs run "
                    "on one seed (RATIONALE['section5_budget']); Table 6's top-k and rounded columns are not run in "
                    "mini (the last of the Section 5 priorities; smoke runs their path).",
     "table7_equal_steps": "With the paper's protocol (epochs fixed across batch sizes) and Section 5's short "
@@ -60,6 +60,13 @@ RATIONALE = {
                           "so the report can tell the batch size's effect from the step count's.",
     "figure2": "Figure 2 is drawn from Table 2's own runs (the same transfer set, budget and epochs), whose "
                "attacker holds 10% of its queries out; the step schedule keeps its proportions.",
+    "defences": "Notebook 07 (beyond the paper) attacks the CIFAR10 victim, one seed per defended API, every "
+                "surrogate at Table 2's size (12,000 queries, 6 epochs; the undefended and label-only surrogates "
+                "are Table 2's and Table 6's own): reverse sigmoid at two strengths, MAD at two L1 budgets, DAWN "
+                "at one rate with a clean control trained alike, each 5-6 minutes of one core. PRADA watches "
+                "every pretrained victim's Knockoff stream and benign streams (no training); the adaptive "
+                "attacker runs at 2,000 queries on three seeds against random sampling at the same budget. The "
+                "paper profile runs every pretrained victim, both answer formats and more strengths.",
     "grid_epochs": "The paper trained 200 epochs and stopped at 17; the CPU grid trains batch sizes 64, 128 "
                    "and 256 for 5 epochs each and picks the epoch within them.",
 }
@@ -102,6 +109,11 @@ _PAPER = Profile(
     section5=Section5Plan(extra_format_victims=None, table7_victims=None, table7_batch_sizes=None,
                           figure2_victims=FIGURE2_VICTIMS, figure2_budget=None, figure2_epochs=None,
                           grid_batch_sizes=None, grid_epochs=None, imagenet_control=False),
+    # notebook 07 at the paper's scale: every pretrained victim, both answer formats, more strengths
+    defences=DefencePlan(victims=("caltech", "cubs", "gtsrb", "cifar10", "diabetic5"), answer_modes=("probs", "label"),
+                         reverse_sigmoid_betas=(0.2, 0.5, 1.0), mad_epsilons=(0.1, 0.5, 1.0, 2.0),
+                         dawn_rates=(0.005, 0.02), prada_queries=10_000, adaptive_victims=("caltech", "cubs"),
+                         adaptive_budget=10_000),
     detector_arch="resnet101",  # the paper's pick from its Table 3
     # the paper's detector trains on all 90,000 ImageNet train images; its unseen Knockoff queries
     # are then the 10,000 test-split images of the 100,000-image pool
@@ -186,12 +198,14 @@ _MINI = _PAPER.replace(
         # queries tells what in-distribution data adds at this scale
         imagenet_control=True,
         # Tables 5-7 and 5.1.3 are Table 2's attack (RATIONALE["section5_budget"])
-        single_seed=("table6_label", "extra_formats", "table7", "table7_bs16", "table7_equal_steps",
-                     "table7_convergence", "budget_curves"),  # RATIONALE["single_seed"]
+        single_seed=("extra_formats", "table7", "table7_bs16", "table7_equal_steps",
+                     "table7_convergence", "budget_curves",
+                     "defences", "dawn"),  # RATIONALE["single_seed"], RATIONALE["defences"]
         table7_equal_steps=False,  # RATIONALE["table7"]
         budget_curve_victims=("caltech", "cifar10", "gtsrb"),
         budget_curve_budgets=(500, 2000, "all"),  # 6,000 measured before: recovery Caltech 0.77, CIFAR10 0.80, GTSRB 0.47
     ),
+    defences=DefencePlan(),  # RATIONALE["defences"]
     # CPU economies of 03_detection (its notebook gives the measurements behind them): the CV grid
     # stops at C = 1 with a looser tolerance (the CV optimum of CUBS lies near C = 0.01); from-scratch
     # ResNets train at 32 px on 3,000 images per side; ODIN/Mahalanobis search a small grid.
@@ -248,6 +262,8 @@ _SMOKE = _MINI.replace(
                                     table7_convergence_victims=("cifar10",), table7_convergence_budget=150,
                                     table7_convergence_epochs=4, table7_convergence_patience=1,
                                     budget_curve_victims=("cifar10",), budget_curve_budgets=(150, 300)),
+    defences=DefencePlan(answer_modes=("probs", "label"), reverse_sigmoid_betas=(1.0,), mad_epsilons=(1.0,),
+                         dawn_rates=(0.1,), prada_queries=300, adaptive_budget=150),
     notes=("Pretrained MobileNetV2 stands in for ResNet34, at 32 px, on a few dozen images per class: "
            "smoke checks that every path runs, not the paper's numbers.",),
 )

@@ -22,8 +22,21 @@ VICTIM_KEYS = ("caltech", "cubs", "diabetic5", "gtsrb", "cifar10", "gtsrb_5l", "
 
 
 
+class _Plan:
+    """A profile's plan of some experiments: replaced field by field (JSON lists become tuples)."""
+
+    def replace(self, **changes: Any):
+        for key, value in changes.items():
+            if isinstance(value, list):
+                changes[key] = tuple(value)
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
-class Section5Plan:
+class Section5Plan(_Plan):
     """Sizes of the Section 5 experiments (notebooks 04-06) in one profile.
 
     ``None`` for a victim list means every victim the paper uses; for a budget it
@@ -63,22 +76,49 @@ class Section5Plan:
         if problems:
             raise ProfileError("section5: " + "; ".join(problems))
 
-    def replace(self, **changes: Any) -> "Section5Plan":
-        for key, value in changes.items():
-            if isinstance(value, list):
-                changes[key] = tuple(value)
-        return dataclasses.replace(self, **changes)
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+
+@dataclass(frozen=True)
+class DefencePlan(_Plan):
+    """Sizes of notebook 07 (beyond the paper): the defences of §6 against Knockoff.
+
+    Every surrogate is Table 2's attack (budget, recipe, validation split) against a defended API, so the
+    undefended surrogates are Table 2's own runs.  Strengths: reverse sigmoid's ``beta`` at ``gamma``
+    (Lee et al.), MAD's L1 budget ``epsilon`` (Orekondy et al.), DAWN's watermarking rate (Szyller et al.).
+    """
+
+    victims: tuple[str, ...] = ("cifar10",)
+    answer_modes: tuple[str, ...] = ("probs",)  # the attacker's answers under each defence ("probs", "label")
+    reverse_sigmoid_betas: tuple[float, ...] = (0.2, 1.0)
+    reverse_sigmoid_gamma: float = 0.1
+    mad_epsilons: tuple[float, ...] = (0.5, 1.0)
+    mad_oracle: str = "extreme"  # "extreme" (MAD) or "argmax" (MAD-argmax: the top-1 class kept)
+    dawn_rates: tuple[float, ...] = (0.01,)
+    prada_delta: float = 0.9  # the authors' threshold on the Shapiro-Wilk statistic
+    prada_queries: int = 3000  # queries of each client's stream (benign streams: at most the test set)
+    adaptive_victims: tuple[str, ...] = ("cifar10",)
+    adaptive_budget: int = 2000
+    adaptive_reward: str = "all"  # certainty + diversity + loss (Orekondy et al.'s best)
+
+    def __post_init__(self):
+        problems = field_problems(self, fractions=("prada_delta",))
+        problems += [f"answer_modes: {m!r} is not 'probs' or 'label'" for m in self.answer_modes
+                     if m not in ("probs", "label")]
+        problems += choice_problem("mad_oracle", self.mad_oracle, ("extreme", "argmax"))
+        problems += choice_problem("adaptive_reward", self.adaptive_reward, ("cert", "div", "loss", "all"))
+        problems += [f"dawn_rates: {r} is not in (0, 1)" for r in self.dawn_rates if not 0 < r < 1]
+        if problems:
+            raise ProfileError("defences: " + "; ".join(problems))
+
 
 
 SECTION5_KEYS = tuple(f.name for f in dataclasses.fields(Section5Plan))
+DEFENCE_KEYS = tuple(f.name for f in dataclasses.fields(DefencePlan))
 
 # the surrogate experiments a profile can limit to one seed (Section5Plan.single_seed; kx_utils.config.seeds)
 SEEDED_EXPERIMENTS = ("table2", "table5", "table6", "table6_label", "extra_formats", "table7", "table7_bs16", "table7_equal_steps",
                       "table7_convergence", "figure2",
-                      "section_5_1_3", "section_5_2_2", "budget_curves")
+                      "section_5_1_3", "section_5_2_2", "budget_curves", "defences", "dawn", "adaptive")
 
 # Profile values that are shares of something, from 0 to 1
 FRACTIONS = ("validation_fraction", "surrogate_validation_fraction", "detector_ood_share",
@@ -125,6 +165,8 @@ class Profile:
     baseline_tnr: float
     # Sections 5.1-5.2 (notebooks 04-06): every profile states its own plan, there is no default
     section5: Section5Plan
+    # notebook 07 (beyond the paper): the defences against Knockoff
+    defences: DefencePlan = DefencePlan()
     # detection (03_detection): what the paper fixes, or a mini/smoke economy, per field
     detector_arch: str | None = None  # the Table 4 backbone; None: best CV score on CUBS's training data
     detector_cv_cs: int | tuple[float, ...] = 10  # strengths C tried by the CV (sklearn's Cs: a count or values)
@@ -252,6 +294,8 @@ def with_overrides(base: Profile, **overrides: Any) -> Profile:
             value = _replaced(key, value, current, RECIPE_KEYS, "recipe")
         elif isinstance(current, Section5Plan):
             value = _replaced(key, value, current, SECTION5_KEYS, "Section 5")
+        elif isinstance(current, DefencePlan):
+            value = _replaced(key, value, current, DEFENCE_KEYS, "defences")
         elif isinstance(value, list):
             value = tuple(value)
         elif key == "image_size" and isinstance(value, dict):

@@ -26,6 +26,7 @@ SEED_OFFSETS = {
     "validation_openimages": 212,  # ... of the Open Images test set
     "validation_in": 213,  # ... of the victim's test set
     "baseline_tuning": 214,  # the "fair" tuning images, out of the victim's training set
+    "prada_benign": 215,  # the order of an honest client's test images (notebook 07's PRADA streams)
 }
 # offsets from an attack's own seed
 ATTACK_SEED_OFFSETS = {

@@ -7,9 +7,12 @@ Answer formats (``mode``), each returned as one row of ``num_classes`` numbers:
 - ``"rounded"``: every probability rounded to ``decimals`` decimals (ties to even);
 - ``"label"``: the predicted class only, as a one-hot row (A_c).
 
-A detector can sit in front of the API (Section 4: "a filter placed in front of
-the prediction API"): queries it flags are refused (row of NaN) or answered with
-the label only.  The API counts every query it receives, flagged or not.
+A defence (:mod:`kx_utils.core.defences`) can transform the probability vectors
+before they are formatted: ``defence(probs, images) -> probs'`` (reverse sigmoid,
+prediction poisoning, a watermark).  A detector can sit in front of the API
+(Section 4: "a filter placed in front of the prediction API"): queries it flags
+are refused (row of NaN) or answered with the label only.  The API counts every
+query it receives, flagged or not.
 """
 
 from __future__ import annotations
@@ -43,13 +46,16 @@ def format_answers(probs: torch.Tensor, mode: str, k: int = 1, decimals: int = 1
     raise ValueError(f"unknown answer mode {mode!r}; valid modes: {', '.join(MODES)}")
 
 
-def api_description(mode: str, k: int = 1, decimals: int = 1) -> dict:
-    """The answer format as it enters a transfer set's settings (only the parameters the mode uses)."""
+def api_description(mode: str, k: int = 1, decimals: int = 1, defence: dict | None = None) -> dict:
+    """The answer format as it enters a transfer set's settings (only the parameters the mode uses; a
+    defence's description only where there is one, so an undefended API keeps its settings)."""
     d = {"mode": mode}
     if mode == "topk":
         d["k"] = k
     if mode == "rounded":
         d["decimals"] = decimals
+    if defence is not None:
+        d["defence"] = dict(defence)
     return d
 
 
@@ -87,7 +93,8 @@ class PredictionAPI:
 
     def __init__(self, model: nn.Module, mode: str = "probs", k: int = 1, decimals: int = 1,
                  detector: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 detector_action: str = "refuse", batch_size: int = 256, device: str = "auto"):
+                 detector_action: str = "refuse", batch_size: int = 256, device: str = "auto",
+                 defence: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown answer mode {mode!r}; valid modes: {', '.join(MODES)}")
         if detector_action not in DETECTOR_ACTIONS:
@@ -96,17 +103,21 @@ class PredictionAPI:
         self.model = model
         self.mode, self.k, self.decimals = mode, k, decimals
         self.detector, self.detector_action = detector, detector_action
+        self.defence = defence
         self.batch_size = batch_size
         self.device = pick_device(device)
         self.query_count = 0
 
     def describe(self) -> dict:
-        return api_description(self.mode, self.k, self.decimals)
+        return api_description(self.mode, self.k, self.decimals,
+                               self.defence.describe() if self.defence is not None else None)
 
     def respond(self, images: torch.Tensor) -> Response:
         """Answer a batch of uint8 (or [0, 1] float) images."""
         self.query_count += len(images)
         probs = predict_proba(self.model, images, self.batch_size, self.device)
+        if self.defence is not None:
+            probs = self.defence(probs, images)
         answers = format_answers(probs, self.mode, self.k, self.decimals)
         flagged = torch.zeros(len(images), dtype=torch.bool)
         if self.detector is not None:

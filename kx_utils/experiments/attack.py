@@ -31,6 +31,7 @@ from ..core.train import (
 from ..data.catalog import dataset_info
 from ..data.datasets import ImageSet, remembered
 from ..runtime.artifacts import ArtifactStore, artifact_kind
+from .defence_specs import build_defence, defence_settings, sampling_settings
 from .victims import (
     Victim,
     data_content,
@@ -100,8 +101,9 @@ def attacker_pool(profile: Profile, pool: str = "imagenet", split: str | None = 
 
 
 def query_settings(profile: Profile, victim: Victim, pool: str, split: str, budget: int,
-                   seed: int, replace: bool, api: dict) -> dict:
-    return _query_settings(profile, victim.settings, victim.image_size, pool, split, budget, seed, replace, api)
+                   seed: int, replace: bool, api: dict, sampling: dict | None = None) -> dict:
+    return _query_settings(profile, victim.settings, victim.image_size, pool, split, budget, seed, replace, api,
+                           sampling=sampling)
 
 
 def pool_splits(profile: Profile, pool: str, split: str) -> tuple[str, ...]:
@@ -111,12 +113,15 @@ def pool_splits(profile: Profile, pool: str, split: str) -> tuple[str, ...]:
 
 
 def _query_settings(profile: Profile, victim_settings: dict, query_size: int, pool: str, split: str, budget: int,
-                    seed: int, replace: bool, api: dict, with_content: bool = True) -> dict:
+                    seed: int, replace: bool, api: dict, with_content: bool = True,
+                    sampling: dict | None = None) -> dict:
     return {"victim": victim_settings, "pool": pool, "pool_split": split, "pool_size": profile.pool_size,
             "pool_data": data_content(profile, pool, pool_splits(profile, pool, split), with_content),
             "center_crop": profile.center_crop,  # the pool's images: centre crops of a larger decode
             "standins": profile.standins, "query_size": query_size, "budget": budget,
-            "seed": seed, "replace": replace, "api": api}
+            "seed": seed, "replace": replace, "api": api,
+            # random sampling names nothing, so every transfer set made before adaptive sampling keeps its key
+            **({"sampling": sampling} if sampling is not None else {})}
 
 
 def _surrogate_settings(profile: Profile, query: dict, surrogate_size: int, recipe: Recipe,
@@ -136,7 +141,8 @@ def surrogate_settings(profile: Profile, victim_key: str, *, mode: str = "probs"
                        pool: str = "imagenet", pool_split: str | None = None, budget: int | None = None,
                        replace: bool = False, recipe: Recipe | None = None, batch_size: int | None = None,
                        validation_fraction: float = 0.0, seed: int | None = None, test_curve: bool = True,
-                       patience: int = 0, with_content: bool = True) -> dict:
+                       patience: int = 0, defence: dict | None = None, sampling: str | dict = "random",
+                       with_content: bool = True) -> dict:
     """The settings (the cache key) of the surrogate ``knockoff(profile, victim_key, **same arguments)``
     trains, from the settings alone: no model built, no image decoded, no query sent (the data's
     content digests are read from the cache, or the files hashed once; ``with_content=False`` puts
@@ -155,7 +161,8 @@ def surrogate_settings(profile: Profile, victim_key: str, *, mode: str = "probs"
     query = _query_settings(profile, victim_settings(profile, victim_key, with_content),
                             victim_image_size(profile, victim_key), pool, pool_split,
                             int(profile.transfer_budget if budget is None else budget), seed,
-                            replace, api_description(mode, k, decimals), with_content)
+                            replace, api_description(mode, k, decimals, defence_settings(defence)), with_content,
+                            sampling_settings(profile, sampling))
     return _surrogate_settings(profile, query, surrogate_size, recipe, validation_fraction, seed, test_curve,
                                patience)
 
@@ -170,12 +177,20 @@ def query_victim(profile: Profile, victim: Victim, api: PredictionAPI, pool_imag
     found = store.load(ANSWERS, settings)
     if found is not None:
         return {**found, "queries": 0}
-    indices = sample_transfer_set(len(pool_images), settings["budget"], seed, replace)
     before = api.query_count
-    queries = pool_images.images[indices]
-    if queries.shape[-1] != victim.image_size:
-        queries = resize_images(queries, victim.image_size)
-    response = api.respond(queries)
+
+    def respond(indices: torch.Tensor):
+        queries = pool_images.images[indices]
+        if queries.shape[-1] != victim.image_size:
+            queries = resize_images(queries, victim.image_size)
+        return api.respond(queries)
+
+    if "sampling" in settings:  # adaptive: each batch of queries chosen by what the earlier answers taught
+        from .adaptive import adaptive_queries
+        indices, response = adaptive_queries(profile, victim, respond, pool_images, settings, seed)
+    else:
+        indices = sample_transfer_set(len(pool_images), settings["budget"], seed, replace)
+        response = respond(indices)
     blob = {"indices": indices, "answers": response.answers, "flagged": response.flagged,
             "query_count": api.query_count - before}
     store.save(ANSWERS, settings, blob)
@@ -186,7 +201,8 @@ def answer_transfer_set(profile: Profile, victim: Victim, *, mode: str = "probs"
                         decimals: int = 1, pool: str = "imagenet", pool_split: str | None = None,
                         budget: int | str | None = None, replace: bool = False, seed: int | None = None,
                         store: ArtifactStore | None = None, detector=None, detector_action: str = "refuse",
-                        pool_images: ImageSet | None = None) -> dict:
+                        pool_images: ImageSet | None = None, defence: dict | None = None,
+                        sampling: str | dict = "random") -> dict:
     """The transfer set's indices and the API's answers: the one query path of every attack.
 
     ``budget`` is a number of queries, None for the profile's budget, or ``"all"`` for
@@ -210,12 +226,14 @@ def answer_transfer_set(profile: Profile, victim: Victim, *, mode: str = "probs"
         budget = profile.transfer_budget
     api = PredictionAPI(victim.model, mode=mode, k=k, decimals=decimals, detector=detector,
                         detector_action=detector_action, batch_size=evaluation_batch_size(profile),
-                        device=profile.device)
-    api_desc = api.describe()
+                        device=profile.device,
+                        defence=build_defence(profile, defence, len(victim.classes)) if defence else None)
+    api_desc = api_description(mode, k, decimals, defence_settings(defence))
     if detector is not None:
         api_desc = {**api_desc, "detector": getattr(detector, "name", repr(detector)),
                     "detector_action": detector_action}
-    settings = query_settings(profile, victim, pool, pool_split, int(budget), seed, replace, api_desc)
+    settings = query_settings(profile, victim, pool, pool_split, int(budget), seed, replace, api_desc,
+                              sampling_settings(profile, sampling))
     found = store.load(ANSWERS, settings)  # verified: a damaged file is recomputed, with the pool
     if found is not None:
         return {**found, "queries": 0, "settings": settings}
@@ -277,7 +295,8 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
              replace: bool = False, recipe: Recipe | None = None, batch_size: int | None = None,
              validation_fraction: float = 0.0, seed: int | None = None,
              store: ArtifactStore | None = None, detector=None, detector_action: str = "refuse",
-             test_curve: bool = True, patience: int = 0) -> KnockoffResult:
+             test_curve: bool = True, patience: int = 0, defence: dict | None = None,
+             sampling: str | dict = "random") -> KnockoffResult:
     """Run (or load) one Knockoff attack against victim ``victim_key`` of ``profile``.
 
     ``budget`` is a number of queries, None for the profile's budget, or ``"all"``
@@ -287,7 +306,10 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
     epoch, as a real attacker would stop.  Without ``test_curve`` the victim's test set
     is scored only after the last epoch (the result's best epoch is then the last).  ``patience`` > 0
     (with a validation split) stops training once the attacker's validation accuracy has not improved for
-    that many epochs, ``recipe.epochs`` at most (``KnockoffResult.epochs_trained``).
+    that many epochs, ``recipe.epochs`` at most (``KnockoffResult.epochs_trained``).  ``defence`` names a
+    defence of the API (:func:`~kx_utils.experiments.defence_specs.build_defence`: reverse sigmoid, MAD, DAWN)
+    that transforms its probability vectors before they are formatted; ``sampling="adaptive"`` (or a dict of
+    its parameters) picks the queries with Knockoff's adaptive strategy instead of at random.
     """
     if patience and not validation_fraction > 0:
         raise ValueError(f"patience={patience} stops on the attacker's validation accuracy: pass "
@@ -304,7 +326,8 @@ def knockoff(profile: Profile, victim_key: str, *, mode: str = "probs", k: int =
     # the pool is decoded only where answers or the surrogate must be computed (or budget="all" counts it)
     answered = answer_transfer_set(profile, victim, mode=mode, k=k, decimals=decimals, pool=pool,
                                    pool_split=pool_split, budget=budget, replace=replace, seed=seed,
-                                   store=store, detector=detector, detector_action=detector_action)
+                                   store=store, detector=detector, detector_action=detector_action,
+                                   defence=defence, sampling=sampling)
     q_settings = answered["settings"]
 
     s_settings = _surrogate_settings(profile, q_settings, surrogate_size, recipe, validation_fraction, seed,
@@ -364,6 +387,16 @@ def cached_surrogate(store: ArtifactStore, settings: dict) -> dict | None:
 def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, answered: dict,
                      recipe: Recipe, validation_fraction: float, seed: int, store: ArtifactStore,
                      settings: dict, test_curve: bool = True, patience: int = 0) -> dict:
+    return train_surrogate_model(profile, victim, pool_images, answered, recipe, validation_fraction, seed, store,
+                                 settings, test_curve, patience)[0]
+
+
+def train_surrogate_model(profile: Profile, victim: Victim, pool_images: ImageSet, answered: dict,
+                          recipe: Recipe, validation_fraction: float, seed: int, store: ArtifactStore,
+                          settings: dict, test_curve: bool = True,
+                          patience: int = 0) -> tuple[dict, torch.nn.Module]:
+    """Train one surrogate on a transfer set's answers: (its result blob, the trained model).  Knockoff stores
+    the blob; DAWN's verification (notebook 07) also asks the model about the watermarked queries."""
     answers = answered["answers"]
     keep = answered_rows(answers)  # refused queries teach nothing
     if not keep.any():
@@ -392,7 +425,7 @@ def _train_surrogate(profile: Profile, victim: Victim, pool_images: ImageSet, an
     pred = predict_logits(model, test.images, evaluation_batch_size(profile), pick_device(profile.device)).argmax(1)
     return {"history": history, "per_class_accuracy": per_class_accuracy(pred, test.labels, targets.shape[1]),
             "train_seconds": sum(r["train_seconds"] for r in history) or time.perf_counter() - t0,
-            "train_size": len(images)}
+            "train_size": len(images)}, model
 
 
 def victim_test_set(profile: Profile, victim_key: str, size: int, store: ArtifactStore) -> ImageSet:

@@ -267,6 +267,81 @@ def describe_section_5_2_2(p: Profile) -> str:
             f"batch sizes {_listed(s.grid_batch_sizes)} x {s.grid_epochs} epochs{control}")
 
 
+# ---------------------------------------------------------------- 07: the defences (beyond the paper)
+
+
+DEFENCES = "kx_utils.experiments.defences"
+
+
+def defence_tasks(b: TaskBuilder) -> None:
+    from .defences import (
+        defence_attack,
+        defence_key,
+        perturbation_specs,
+        seeds_experiment,
+    )
+    plan, attack = b.profile.defences, defence_attack(b.profile)
+    table6 = b.resolved(Section5Settings.resolve).table6_victims
+    for key in available_victims(b.profile, plan.victims):
+        for mode in plan.answer_modes:
+            for spec in perturbation_specs(plan):
+                if spec is None and mode == "label" and key in table6:
+                    continue  # Table 6's label-only surrogate, made by its own task
+                for seed in seeds_for(b.profile, seeds_experiment(spec, mode)):
+                    b.surrogate(f"surrogate/defences/{defence_key(key, mode, spec)}/seed{seed}", key, mode=mode,
+                                defence=spec, seed=seed, **attack)
+
+
+def describe_defences(p: Profile) -> str:
+    d = p.defences
+    return (f"07: {', '.join(d.victims)} behind reverse sigmoid (beta {_listed(d.reverse_sigmoid_betas)}, gamma "
+            f"{d.reverse_sigmoid_gamma:g}) and MAD (epsilon {_listed(d.mad_epsilons)}), {'/'.join(d.answer_modes)} "
+            f"answers, Table 2's attack ({Section5Settings.resolve(p).budget:,} queries)")
+
+
+def dawn_tasks(b: TaskBuilder) -> None:
+    plan = b.profile.defences
+    for key in available_victims(b.profile, plan.victims):
+        for rate in plan.dawn_rates:
+            for seed in seeds_for(b.profile, "dawn"):
+                b.add(f"defences/dawn/{key}/r{rate:g}/seed{seed}", f"{DEFENCES}:dawn_verification", key, rate, seed,
+                      after=(b.victim[key],))
+
+
+def describe_dawn(p: Profile) -> str:
+    return (f"DAWN at rate {_listed(p.defences.dawn_rates)}: a watermarked and a clean surrogate per victim, "
+            "their agreement with the watermark")
+
+
+def prada_tasks(b: TaskBuilder) -> None:
+    first = seeds_for(b.profile, "table2")[0]
+    for key in available_victims(b.profile, PRETRAINED_VICTIMS):
+        # Table 2's first transfer set is the Knockoff client PRADA watches
+        b.add(f"defences/prada/{key}", f"{DEFENCES}:prada_result", key,
+              after=(b.victim[key], f"surrogate/table2/{key}/seed{first}"))
+
+
+def describe_prada(p: Profile) -> str:
+    return (f"PRADA (delta {p.defences.prada_delta:g}) on each pretrained victim's Knockoff stream and two benign "
+            f"streams, {p.defences.prada_queries:,} queries at most")
+
+
+def adaptive_tasks(b: TaskBuilder) -> None:
+    from .defences import adaptive_attack
+    plan = b.profile.defences
+    for key in available_victims(b.profile, plan.adaptive_victims):
+        for name, sampling in (("random", "random"), ("adaptive", {"reward": plan.adaptive_reward})):
+            for seed in seeds_for(b.profile, "adaptive"):
+                b.surrogate(f"surrogate/adaptive/{key}/{name}/seed{seed}", key, sampling=sampling, seed=seed,
+                            **adaptive_attack(b.profile))
+
+
+def describe_adaptive(p: Profile) -> str:
+    d = p.defences
+    return (f"adaptive ({d.adaptive_reward} reward, flat hierarchy) against random sampling, "
+            f"{', '.join(d.adaptive_victims)}, {d.adaptive_budget:,} queries")
+
+
 declare(
     Notebook("01_victims", "Section 3.2: the victim models (Table 1)"),
     Notebook("02_knockoff", "Section 3: Knockoff against complex models (Table 2)"),
@@ -297,4 +372,11 @@ declare(
                call_cost),
     Experiment("section_5_2_2", "06_in_distribution", ("section_5_2_2",), describe_section_5_2_2,
                section_5_2_2_tasks, call_cost),
+    Notebook("07_defences", "Beyond the paper: the defences of §6 against Knockoff (answer perturbations, PRADA, "
+                            "DAWN, adaptive sampling)"),
+    Experiment("defences", "07_defences", ("defences", "defence_tradeoffs"), describe_defences, defence_tasks,
+               call_cost),
+    Experiment("dawn", "07_defences", ("dawn",), describe_dawn, dawn_tasks, call_cost),
+    Experiment("prada", "07_defences", ("prada",), describe_prada, prada_tasks, call_cost),
+    Experiment("adaptive", "07_defences", ("adaptive",), describe_adaptive, adaptive_tasks, call_cost),
 )

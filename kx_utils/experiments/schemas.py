@@ -200,6 +200,27 @@ SCHEMAS: dict[str, TableSchema] = {s.table: s for s in (
         Column(r"bs\d+_last", "fraction", seeded=True, pattern=True),
         Column("best_batch_size", "count"), Column("epochs_trained", "mapping"),
         *_columns("count", ("budget", "max_epochs", "patience")), Column("seeds", "list"), _TEST_SIZE)),
+    # notebook 07 (beyond the paper; kx_utils.experiments.defences)
+    TableSchema("defences", (
+        *_columns("text", ("name", "defence", "family", "answers")), Column("strength", "number", optional=True),
+        Column("victim_acc", "fraction"), Column("surrogate_acc", "fraction", seeded=True),
+        Column("recovery", "ratio", seeded=True),
+        *_columns("fraction", ("benign_acc", "top1_kept", "chance")), *_columns("ratio", ("l1", "kl")),
+        *_columns("count", ("benign_queries", "budget")), Column("seeds", "list"), _TEST_SIZE)),
+    TableSchema("dawn", (
+        Column("name", "text"), Column("rate", "fraction"), *_columns("count", ("watermarked", "budget", "seed")),
+        *_columns("fraction", ("agreement_suspect", "agreement_clean", "chance", "surrogate_acc", "clean_acc")))),
+    TableSchema("prada", (
+        *_columns("text", ("name", "client")), Column("flagged", "flag"),
+        Column("first_flagged", "count", optional=True), *_columns("count", ("queries", "tests")),
+        *_columns("number", ("min_w", "last_w"), optional=True), Column("delta", "fraction"))),
+    TableSchema("adaptive", (
+        *_columns("text", ("name", "reward")), *_columns("fraction", ("victim_acc", "chance")),
+        Column("budget", "count"),
+        Column("seeds", "list"),
+        *_columns("fraction", ("random_acc", "adaptive_acc"), seeded=True),
+        *_columns("ratio", ("random_recovery", "adaptive_recovery"), seeded=True),
+        *_columns("count", ("random_classes_queried", "adaptive_classes_queried")), _TEST_SIZE)),
     TableSchema("early_stopping", (
         Column("name", "text"), Column("victim_acc", "fraction"), Column("final_epoch", "count"),
         *_columns("fraction", ("final_acc", "best_acc", "val_selected_acc"), seeded=True),

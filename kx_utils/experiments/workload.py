@@ -52,7 +52,7 @@ class Cost:
 # the library calls call_cost has a model of; the last five spend seconds (no image passes of note)
 MODELLED_CALLS = ("get_victim", "knockoff", "attack_formats", "section_5_1_3_pair", "in_distribution_grid",
                   "table3_rows", "table4_result", "filter_report", "overlap_rows", "choose_cv_arch", "api_demo",
-                  "in_distribution_detection")
+                  "in_distribution_detection", "dawn_verification", "prada_result")
 
 
 class UnmodelledCall(LookupError):
@@ -126,7 +126,8 @@ def pool_size(profile: Profile, pool: str, split: str | None = None) -> int:
 
 
 def surrogate_work(profile: Profile, key: str, *, budget=None, recipe=None, batch_size=None, pool="imagenet",
-                   pool_split=None, validation_fraction: float = 0.0, test_curve: bool = True, **_) -> list[Work]:
+                   pool_split=None, validation_fraction: float = 0.0, test_curve: bool = True, defence=None,
+                   sampling="random", **_) -> list[Work]:
     from .victims import victim_arch, victim_image_size, victim_spec
     recipe = recipe or profile.surrogate_recipe
     queries = pool_size(profile, pool, pool_split) if budget == "all" else (budget or profile.transfer_budget)
@@ -134,9 +135,14 @@ def surrogate_work(profile: Profile, key: str, *, budget=None, recipe=None, batc
     _, test = victim_sizes(profile, key)
     size, evaluate = profile.image_size[victim_spec(key).dataset], profile.cuda_eval_batch_size
     evaluations = (test if test_curve else test / recipe.epochs) + queries * validation_fraction
+    extra = []
+    if (defence or {}).get("name") == "mad":  # the defender's proxy answers every query too
+        extra.append(Work("inference", profile.surrogate_arch, victim_image_size(profile, key), queries, evaluate))
+    if sampling != "random":  # the adaptive attacker's online surrogate takes one step per batch of queries
+        extra.append(Work("train", profile.surrogate_arch, size, queries, recipe.batch_size))
     return [Work("inference", victim_arch(profile, key), victim_image_size(profile, key), queries, evaluate),
             Work("train", profile.surrogate_arch, size, train * recipe.epochs, batch_size or recipe.batch_size),
-            Work("inference", profile.surrogate_arch, size, evaluations * recipe.epochs, evaluate)]
+            Work("inference", profile.surrogate_arch, size, evaluations * recipe.epochs, evaluate), *extra]
 
 
 def _in_distribution_budget(profile: Profile) -> int:
@@ -157,6 +163,15 @@ def task_work(profile: Profile, task: Task) -> list[Work]:
                 Work("inference", arch, size, test * recipe.epochs, profile.cuda_eval_batch_size)]
     if fn == "knockoff":
         return surrogate_work(profile, args[0], **kw)
+    if fn == "dawn_verification":  # a watermarked and a clean surrogate of Table 2's size
+        from .defences import dawn_spec, defence_attack
+        attack = defence_attack(profile)
+        return surrogate_work(profile, args[0], defence=dawn_spec(args[1]), **attack) + \
+            surrogate_work(profile, args[0], **attack)[1:]
+    if fn == "prada_result":  # the victim answers its test images; PRADA itself is distance arithmetic
+        from .victims import victim_arch, victim_image_size
+        return [Work("inference", victim_arch(profile, args[0]), victim_image_size(profile, args[0]),
+                     victim_sizes(profile, args[0])[1], profile.cuda_eval_batch_size)]
     if fn == "attack_formats":  # probs is made by its own task; top1 reuses the label surrogate
         return [w for f in args[1] if f not in ("probs", "top1") for w in surrogate_work(profile, args[0], **kw)]
     if fn == "section_5_1_3_pair":
@@ -220,6 +235,8 @@ def task_sets(profile: Profile, task: Task) -> list[tuple[str, str, int]]:
         return whole(args[0], victim_image_size(profile, args[0]))
     if fn == "knockoff":
         return attack(args[0], **kw)
+    if fn in ("dawn_verification", "prada_result"):
+        return attack(args[0])
     if fn == "attack_formats":
         return [s for f in args[1] if f not in ("probs", "top1") for s in attack(args[0], **kw)]
     if fn == "section_5_1_3_pair":

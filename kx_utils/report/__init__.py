@@ -30,7 +30,14 @@ from .claims import (
     claims_text,
     verdict,
 )
-from .figures import budget_curves, figure1, figure2, save_figure, table2_curves
+from .figures import (
+    budget_curves,
+    defence_tradeoffs,
+    figure1,
+    figure2,
+    save_figure,
+    table2_curves,
+)
 from .markdown import render_report
 from .noise import (
     FAILS,
@@ -62,7 +69,7 @@ from .writer import ReportOutcome, default_output, write_report
 __all__ = [
     "CLAIMS", "Claim", "ClaimResult", "Comparison", "CorruptResultsError", "FAILS", "HOLDS", "INCONCLUSIVE",
     "Judgement", "Measure", "MissingData", "NOISE_RULE", "NOT_EVALUATED", "OURS_ONLY_TABLES",
-    "ReportOutcome", "Results", "TABLE_SPECS", "TableSpec", "budget_curves", "build_tables", "check_claims", "claims_text",
+    "ReportOutcome", "Results", "TABLE_SPECS", "TableSpec", "budget_curves", "build_tables", "defence_tradeoffs", "check_claims", "claims_text",
     "compare", "default_output", "figure1", "figure2", "frame_to_csv", "frame_to_markdown", "load_all",
     "paper_results", "render_report", "save_figure", "table2_curves", "verdict", "victim_names", "write_report",
 ]

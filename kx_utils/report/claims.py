@@ -1,4 +1,5 @@
-"""The paper's nine qualitative claims, each a check over the results with three verdicts.
+"""The paper's qualitative claims (1-9), and claims about the defences it discusses (10-16, notebook 07), each a
+check over the results with three verdicts.
 
 Every check (:mod:`kx_utils.report.checks`) compares measured numbers against their noise
 (:mod:`kx_utils.report.noise`) and returns *holds*, *fails* or *inconclusive*; a check whose
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from . import checks as C
+from . import defence_checks as DC
 from . import diagnoses as D
 from .checks import Check, Judgement
 from .diagnoses import Diagnosis
@@ -116,6 +118,46 @@ CLAIMS: tuple[Claim, ...] = (
           "had no more queries than the Diabetic5 attacker.", C.unrelated_transfer_set_worse, D.unrelated_queries,
           paper_statement="stated: 70% with Diabetic5 queries against 92.4% with Table 2's 100,000 ImageNet "
                           "queries; the paper gives no count of Diabetic5 queries, so no same-budget comparison"),
+    # notebook 07: the defences of §6, measured against Knockoff (beyond the paper's tables)
+    Claim(10, "§6", "Restricting the answers to classes or perturbing them does not prevent the Knockoff attack.",
+          "for every defended API of 07 that keeps the honest client's top-1 class on at least "
+          f"{DC.TOP1_KEPT:.0%} of its answers (label-only, reverse sigmoid, MAD where it does): the surrogate's "
+          "accuracy > the victim's chance accuracy (its most frequent test class). Defences that change the top-1 "
+          "class are left out and named.", DC.perturbations_do_not_prevent, D.defences,
+          paper_statement="stated without numbers for Knockoff ('they ultimately do not prevent the Knockoff "
+                          "attack')"),
+    Claim(11, "Lee et al. 2019 (the paper's [19])", "Reverse sigmoid lowers the accuracy of a surrogate trained on "
+          "probability vectors while the honest client keeps its top-1 class.",
+          "for every reverse-sigmoid strength of 07 (probability answers): surrogate_acc < the undefended "
+          f"surrogate_acc (Table 2's run), and top1_kept >= {DC.TOP1_KEPT:.0%} (fails otherwise).",
+          DC.reverse_sigmoid_hurts, D.defences, paper_statement="beyond the paper: no numbers"),
+    Claim(12, "Orekondy et al. 2020 (the paper's [23])", "At no more distortion of the answers, prediction "
+          "poisoning (MAD) costs the attacker more than reverse sigmoid.",
+          "for every MAD and reverse-sigmoid row of one victim with L1(MAD) <= L1(reverse sigmoid) (mean L1 distance "
+          "of the answers to the victim's test images): recovery(MAD) < recovery(reverse sigmoid).",
+          DC.mad_beats_reverse_sigmoid, D.defences, paper_statement="beyond the paper: no numbers"),
+    Claim(13, "07 (a question §6 leaves open)", "Label-only answers cost the attacker more than any perturbation "
+          "of the probability vector that keeps the honest client's top-1 class.",
+          "recovery(label-only, Table 6's run) < recovery(perturbation) for every reverse-sigmoid or MAD row of 07 "
+          f"with top1_kept >= {DC.TOP1_KEPT:.0%} (equal benign top-1 accuracy on both sides).",
+          DC.label_only_costs_most, D.defences, paper_statement="beyond the paper: no numbers"),
+    Claim(14, "§6, Juuti et al. 2019 (the paper's [11])", "PRADA does not detect the Knockoff attack's natural-image "
+          "queries.",
+          "no pretrained victim's Knockoff stream (Table 2's first transfer set, in order) is flagged by PRADA; fails "
+          "when one is flagged while the same victim's honest client (its test images in random order) is not; "
+          "inconclusive when both are.", DC.prada_misses_knockoff, D.defences,
+          paper_statement="stated without numbers ('does not generalize to other attacks, e.g. the Knockoff "
+                          "attack')"),
+    Claim(15, "§6, Szyller et al. (the paper's [28])", "DAWN watermarks the model the Knockoff attack extracts.",
+          "agreement of the extracted surrogate with the watermark's wrong classes > the agreement of a clean "
+          "surrogate trained on the same queries with undefended answers (binomial on the watermarked queries).",
+          DC.dawn_survives, D.defences,
+          paper_statement="stated without numbers ('DAWN is effective at watermarking the model obtained using the "
+                          "Knockoff attack')"),
+    Claim(16, "Orekondy et al. 2019 (the paper's [22])", "Knockoff's adaptive sampling extracts a better surrogate "
+          "than random sampling at the same budget.",
+          "adaptive_acc > random_acc at 07's adaptive budget, for every victim it ran against (same pool, recipe "
+          "and seeds).", DC.adaptive_beats_random, D.defences, paper_statement="beyond the paper: no numbers"),
 )
 
 

@@ -213,3 +213,10 @@ def unrelated_queries(get: Getter, names: Names, settings: Mapping, comparisons:
 
 __all__ = ["Diagnosis", "against", "caltech_weakest", "detector_baselines", "early_peaks", "in_distribution",
            "label_only", "larger_batches", "scratch_victims", "unrelated_queries"]
+
+
+def defences(get: Getter, names: Names, settings: Mapping, comparisons: list[Comparison]) -> str:
+    """Notebook 07's claims: the comparisons against the claim, and the budget the attacks had."""
+    schedule = _section5_schedule(settings)
+    budget = f" Each surrogate is Table 2's attack ({schedule[0]:,} queries, {schedule[1]} epochs)." if schedule else ""
+    return _against_text(comparisons) + budget

@@ -265,3 +265,49 @@ def save_figure(fig, folder: Path, stem: str) -> list[str]:
     fig.savefig(folder / f"{stem}.png", dpi=150, metadata={"Software": None})
     fig.savefig(folder / f"{stem}.pdf", metadata={"CreationDate": None})
     return [f"{stem}.png", f"{stem}.pdf"]
+
+
+DEFENCE_FAMILIES = (("reverse_sigmoid", "Reverse sigmoid (Lee et al.)"), ("mad", "MAD (Orekondy et al.)"),
+                    ("dawn", "DAWN watermark (Szyller et al.)"))
+
+
+def defence_tradeoffs(rows: Mapping):
+    """One panel per defence: the attacker's recovery against what the honest client loses (the mean L1 distance
+    of its answers to the true probability vectors), each point labelled with its strength and the benign top-1
+    accuracy; the undefended API (circle) and label-only answers (square) are drawn in every panel."""
+    import seaborn as sns
+
+    families = [(f, title) for f, title in DEFENCE_FAMILIES if any(r["family"] == f for r in rows.values())]
+    fig = _new_figure(3.6 * max(1, len(families)), 3.6)
+    colours = dict(zip(("probs", "label"), sns.color_palette(PALETTE)))
+    with sns.axes_style(STYLE):
+        axes = fig.subplots(1, max(1, len(families)), sharey=True, squeeze=False)[0]
+        for ax, (fam, title) in zip(axes, families):
+            for mode in ("probs", "label"):
+                points = sorted((r for r in rows.values() if r["family"] == fam and r["answers"] == mode),
+                                key=lambda r: r["strength"])
+                if not points:
+                    continue
+                base = [r for r in rows.values() if r["family"] == "none" and r["answers"] == mode]
+                line = base + points
+                ax.plot([r["l1"] for r in line], [r["recovery"] for r in line], marker="o", color=colours[mode],
+                        label=f"{mode} answers")
+                for r in points:
+                    ax.annotate(f"{r['strength']:g} (top-1 {r['benign_acc']:.0%})", (r["l1"], r["recovery"]),
+                                fontsize=6, xytext=(3, 3), textcoords="offset points")
+            for r in rows.values():
+                if r["family"] in ("none", "label-only") and r["answers"] == ("probs" if r["family"] == "none"
+                                                                              else "label"):
+                    ax.scatter([r["l1"]], [r["recovery"]], marker="o" if r["family"] == "none" else "s", s=40,
+                               facecolors="none", edgecolors="black", zorder=3)
+                    ax.annotate("undefended" if r["family"] == "none" else "label-only", (r["l1"], r["recovery"]),
+                                fontsize=6, xytext=(3, -9), textcoords="offset points")
+            ax.set(xlabel="benign answers' mean L1 distortion", title=title)
+            ax.title.set_fontsize(8)
+        axes[0].set_ylabel("attacker's recovery Acc(F_A) / Acc(F_V)")
+        handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=7, loc="outside right upper")
+    fig.suptitle("Defences against Knockoff: the attacker's recovery against the honest client's cost "
+                 "(labels: strength, benign top-1)", fontsize=9)
+    return fig

@@ -26,6 +26,7 @@ from .noise import MARGIN, NOISE_RULE, NOT_EVALUATED, Comparison, show_differenc
 from .results import DATA_NOT_PRESENT, Results, victim_names
 from .tables import (
     AT_CHANCE_MARK,
+    DEFENCE_TABLES,
     OURS_ONLY_TABLES,
     TABLE_SPECS,
     at_chance_victims,
@@ -34,6 +35,7 @@ from .tables import (
 
 MINI_TARGET_SECONDS = 90 * 60  # the project's target for a whole mini run on a 2-core CPU
 MINI_TARGET = "the project's target for a mini run: 90 minutes on a 2-core CPU"
+ALL = {6: "six", 7: "seven", 8: "eight"}.get(len(NOTEBOOKS), str(len(NOTEBOOKS)))  # the registry's notebooks
 FIGURE_CAPTIONS = (
     ("figure1", "Figure 1 — the CIFAR10 victim: histogram of the transfer set's predicted classes (bars) and "
                 "per-class test accuracy of victim and surrogate; the classes with the largest gaps are in bold."),
@@ -44,6 +46,9 @@ FIGURE_CAPTIONS = (
     ("budget_curves", "Budget curves (beyond the paper) — recovery against the number of queries, Table 2's "
                       "recipe at each budget; small dots are single seeds, hollow markers the paper's Table 2 "
                       "recovery at 100,000 queries."),
+    ("defence_tradeoffs", "Defences against Knockoff (07, beyond the paper) — the attacker's recovery against the "
+                          "honest client's cost (mean L1 distortion of the answers to the victim's test images), one "
+                          "panel per defence; labels give each point's strength and the benign top-1 accuracy."),
     ("table2_curves", "Appendix — every Table 2 surrogate's accuracy over the epochs: test (solid, mean and sd "
                       "over seeds) and the attacker's own validation accuracy on its held-out queries (dashed), "
                       "to show where training flattens."),
@@ -187,7 +192,7 @@ def wall_time_lines(results: Results) -> list[str]:
     runs = results.state.get("invocations", [])
     fed_by_grid = any(r.get("grid") for r in runs)
     if complete:
-        summary.append(f"**Total wall time of the six notebooks: {format_seconds(total_pm)}** "
+        summary.append(f"**Total wall time of the {ALL} notebooks: {format_seconds(total_pm)}** "
                        "(sum of their last pipeline runs" + ("; they loaded what the experiment grid had computed, "
                                                              "whose time is in the command's below)" if fed_by_grid
                                                              else ")") + ".")
@@ -196,21 +201,21 @@ def wall_time_lines(results: Results) -> list[str]:
         chain = _runs_since_empty_cache(runs)
         if chain and chain[-1].get("status") == "finished" and complete:
             total = sum(r.get("wall_seconds") or 0 for r in chain)
-            line = (f"**From an empty cache to all six notebooks: {format_seconds(total)}** of compute over "
+            line = (f"**From an empty cache to all {ALL} notebooks: {format_seconds(total)}** of compute over "
                     f"{len(chain)} `reproduce` command(s) started {chain[0].get('started')}; failed or "
                     "interrupted attempts count, the time between commands does not.")
             if results.profile == "mini":
                 line += f" Within {MINI_TARGET}: {'yes' if total <= MINI_TARGET_SECONDS else 'no'}."
             summary.append(line)
         elif results.profile == "mini":  # the target is for a whole run: a warm cache's times say nothing of it
-            summary.append(f"No run from an empty cache to all six notebooks is recorded here, so {MINI_TARGET} "
+            summary.append(f"No run from an empty cache to all {ALL} notebooks is recorded here, so {MINI_TARGET} "
                            "is not judged.")
         one_command = [r for r in runs if r.get("status") == "finished" and r.get("only") is None
                        and len(r.get("ran") or []) == len(NOTEBOOKS)]
         if one_command:
             r = one_command[-1]
             fresh = "from an empty cache" if r.get("cache_files_at_start") == 0 else "with a warm cache"
-            summary.append(f"Latest single command that ran all six notebooks: {format_seconds(r.get('wall_seconds'))} "
+            summary.append(f"Latest single command that ran all {ALL} notebooks: {format_seconds(r.get('wall_seconds'))} "
                            f"{fresh} (started {r.get('started')}).")
     else:
         summary.append("No pipeline state (the notebooks were not run by `python -m kx_utils reproduce`): "
@@ -334,6 +339,12 @@ def render_report(results: Results, tables: dict[str, pd.DataFrame], missing: di
         md += ["## Other measurements (ours only)", ""]
         for key, title in extra:
             md += [f"### {title}", "", frame_to_markdown(tables[key]), "", f"Files: `{key}.csv`, `{key}.md`.", ""]
+    defence = [(k, t, c) for k, t, c in DEFENCE_TABLES if k in tables]
+    if defence:
+        md += ["## Beyond the paper: the defences of §6 against Knockoff (07)", ""]
+        for key, title, caption in defence:
+            md += [f"### {title}", "", caption, "", frame_to_markdown(tables[key]), "",
+                   f"Files: `{key}.csv`, `{key}.md`.", ""]
     md += ["## Figures", ""]
     for key, caption in FIGURE_CAPTIONS:
         if key in figures:

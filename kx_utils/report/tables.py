@@ -176,6 +176,28 @@ OURS_ONLY_TABLES = (
     ("filter", "The detector as a filter in front of the API (03)"),
 )
 
+# notebook 07's tables (beyond the paper): key, title, caption
+DEFENCE_TABLES = (
+    ("defences", "Defences against the Knockoff attacker: what the attacker keeps, what the honest client loses",
+     "Every surrogate is Table 2's attack against the defended API (the undefended and label-only rows are Table 2's "
+     "and Table 6's own runs). surrogate_acc / recovery: the attacker's; benign_acc: the top-1 accuracy of the "
+     "answers an honest client gets for the victim's test images (benign_queries of them); top1_kept: the share "
+     "whose top-1 class is the undefended one; l1 / kl: the mean distance of the returned vectors to the true ones."),
+    ("dawn", "DAWN: the watermark on the extracted surrogate against a clean surrogate",
+     "agreement_*: the share of the watermarked queries (watermarked of budget) on which a model predicts the "
+     "watermark's wrong class. suspect: the surrogate extracted from the watermarking API; clean: the same queries, "
+     "seed and recipe with undefended answers (the false-positive baseline); chance: 1 / (classes - 1)."),
+    ("prada", "PRADA on Knockoff's query stream and on honest clients",
+     "Each client sends queries queries; PRADA flags it once the Shapiro-Wilk statistic W of its minimum-distance "
+     "set falls below delta (first_flagged: the query it happened at; tests: how many normality tests ran). "
+     "knockoff: Table 2's transfer set in the order sent; benign_random / benign_sorted: the victim's test images in "
+     "random order and sorted by class."),
+    ("adaptive", "Knockoff's adaptive sampling against random sampling, at equal budgets",
+     "Both attackers train Table 2's recipe on budget queries of the same pool; the adaptive one picks them with "
+     "the gradient bandit of Orekondy et al. (reward: reward; flat class hierarchy: WordNet is not offline). "
+     "*_classes_queried: the pool classes the first seed's transfer set drew from."),
+)
+
 
 def comparison_frame(ours: Mapping[str, Mapping], paper_rows: Mapping[str, Mapping], spec: TableSpec,
                      names: Mapping[str, str], rows: list[str] | None = None) -> pd.DataFrame:
@@ -199,7 +221,8 @@ def section_frame(ours: Mapping, paper_row: Mapping, spec: TableSpec) -> pd.Data
     return measure_table(ours, paper_row, shown)
 
 
-def _ours_only_frame(found: Mapping[str, Mapping]) -> pd.DataFrame:
+def ours_only_frame(found: Mapping[str, Mapping]) -> pd.DataFrame:
+    """A table of ours only (no paper column): one row per key, the columns that hold no list or mapping."""
     frame = pd.DataFrame.from_dict(found, orient="index", dtype=object)
     frame = frame[[c for c in frame.columns if not any(isinstance(v, (list, dict)) for v in frame[c])]]
     frame.index.name = "row"
@@ -238,10 +261,10 @@ def build_tables(results: Results) -> tuple[dict[str, pd.DataFrame], dict[str, s
             ours, paper_rows, rows, row_names, spec = spec.prepare(ours, paper_rows, row_names, spec)
         frame = comparison_frame(ours, paper_rows, spec, row_names, rows)
         tables[spec.key] = mark_not_present(frame, not_present_rows(results, row_names, spec.key))
-    for key, _ in OURS_ONLY_TABLES:
+    for key in [k for k, _ in OURS_ONLY_TABLES] + [k for k, _, _ in DEFENCE_TABLES]:
         found = results.find(key)
         if isinstance(found, dict) and found and all(isinstance(r, dict) for r in found.values()):
-            tables[key] = _ours_only_frame(found)
+            tables[key] = ours_only_frame(found)
     return tables, missing
 
 

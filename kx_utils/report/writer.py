@@ -16,7 +16,14 @@ from pathlib import Path
 from ..runtime.artifacts import REPO_ROOT, atomic_write_text
 from . import paper
 from .claims import ClaimResult, check_claims
-from .figures import budget_curves, figure1, figure2, save_figure, table2_curves
+from .figures import (
+    budget_curves,
+    defence_tradeoffs,
+    figure1,
+    figure2,
+    save_figure,
+    table2_curves,
+)
 from .markdown import render_report
 from .noise import FAILS, HOLDS, INCONCLUSIVE, NOT_EVALUATED
 from .results import MissingData, Results, load_all, victim_names
@@ -112,7 +119,8 @@ def _draw_figures(results: Results, folder: Path) -> tuple[list[str], dict[str, 
     for key, source, draw in (("figure1", "figure1", lambda d: figure1(d, names.get(d.get("victim"), d.get("name")))),
                               ("figure2", "figure2", figure2), ("table2_curves", "knockoff", table2_curves),
                               ("budget_curves", "budget_curves_figure",
-                               lambda d: budget_curves(d, paper_recovery))):
+                               lambda d: budget_curves(d, paper_recovery)),
+                              ("defence_tradeoffs", "defence_tradeoffs", defence_tradeoffs)):
         try:
             data = results.require(source)
         except MissingData as exc:

@@ -19,7 +19,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 # The modules that register artifact kinds (kx_utils.runtime.artifacts.artifact_kind); importing them fills
 # ARTIFACT_KINDS and ARTIFACT_OWNERS.
 PRODUCING_MODULES = ("kx_utils.experiments.detection", "kx_utils.experiments.ood_baselines", "kx_utils.experiments.victims",
-                     "kx_utils.experiments.attack", "kx_utils.data.datasets")
+                     "kx_utils.experiments.attack", "kx_utils.experiments.defences", "kx_utils.data.datasets")
 RECORD_COMMAND = "python -m kx_utils artifacts --record"
 
 

@@ -1,6 +1,6 @@
 """Defences against model extraction that the paper weighs (§6), as small objects on tensors.
 
-- :mod:`.perturbations` — answer transforms (``probabilities -> answers``): Lee et al.'s reverse sigmoid, and the
+- :mod:`.perturbations` — answer transforms (``(probabilities, images) -> answers``, the API's ``defence``): Lee et al.'s reverse sigmoid, and the
   distortion an honest client sees (L1, KL, top-1 kept); top-k and rounding are the API's own formats
   (:func:`kx_utils.core.api.format_answers`);
 - :mod:`.poisoning` — Orekondy et al.'s prediction poisoning (MAD): the answer moved, within an L1 budget, toward

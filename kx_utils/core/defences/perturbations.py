@@ -42,8 +42,8 @@ class ReverseSigmoid:
         self.beta = beta
         self.gamma = gamma
 
-    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
-        return reverse_sigmoid(probs, self.beta, self.gamma)
+    def __call__(self, probs: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        return reverse_sigmoid(probs, self.beta, self.gamma)  # the queried images play no part
 
     def describe(self) -> dict:
         return {"defence": "reverse_sigmoid", "beta": self.beta, "gamma": self.gamma}
@@ -61,5 +61,6 @@ def distortion(original: torch.Tensor, returned: torch.Tensor) -> dict[str, floa
         raise ValueError(f"original {tuple(original.shape)} and returned {tuple(returned.shape)} answers differ in shape")
     o, r = original.double(), returned.double()
     kl = torch.where(o > 0, o * (o.clamp_min(1e-300).log() - r.clamp_min(CLIP).log()), torch.zeros_like(o)).sum(1)
+    kl = kl.clamp_min(0.0)  # KL >= 0: a negative value is the rounding of a vector renormalised in float32
     return {"l1": float((o - r).abs().sum(1).mean()), "kl": float(kl.mean()),
             "top1_kept": float((o.argmax(1) == r.argmax(1)).double().mean())}

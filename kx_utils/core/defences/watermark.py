@@ -62,6 +62,10 @@ class Dawn:
             out[rows, top], out[rows, wrong] = wrong_values, top_values
         return out, mask
 
+    def __call__(self, probs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The API's answer transform: ``probs`` with the watermarked rows' classes swapped."""
+        return self.answers(images, probs)[0]
+
     @staticmethod
     def agreement(suspect_predictions: torch.Tensor, watermark_classes: torch.Tensor) -> float:
         """The share of watermarked queries on which a suspect predicts the watermark's wrong class."""
@@ -70,4 +74,5 @@ class Dawn:
         return float((suspect_predictions.cpu() == watermark_classes.cpu()).double().mean())
 
     def describe(self) -> dict:
-        return {"defence": "dawn", "rate": self.rate}
+        # a digest, not the key: the settings name which key watermarked without revealing it
+        return {"defence": "dawn", "rate": self.rate, "key_sha256": hashlib.sha256(self.key).hexdigest()[:16]}
