@@ -1,6 +1,6 @@
 """``python -m kx_utils``: reproduce the paper in one command, regenerate the report, check a plan.
 
-    python -m kx_utils reproduce --profile mini            # the six notebooks, then figures/mini/
+    python -m kx_utils reproduce --profile mini            # the seven notebooks, then figures/mini/
     python -m kx_utils reproduce --profile mini --only 01 02
     python -m kx_utils reproduce --profile paper --plan    # what is missing; trains nothing
     python -m kx_utils report --profile mini               # figures/mini/ from runs/mini/*.json
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     rep = sub.add_parser("reproduce", help="run the notebooks in order, then regenerate figures/<profile>/",
-                         description="Run the six notebooks with papermill into runs/<profile>/ (reusing "
+                         description="Run the seven notebooks with papermill into runs/<profile>/ (reusing "
                                      "those that finished with the same parameters), then regenerate "
                                      "figures/<profile>/.")
     _profile_argument(rep)

@@ -110,7 +110,7 @@ def cache_files(root: Path) -> dict[str, Path]:
 class SmokeGrid:
     caches: dict  # executor name -> the cache its grid filled
     reports: dict  # executor name -> its GridReport
-    runs: Path  # the six notebooks' results, run on the Ray grid's cache with every fit() forbidden
+    runs: Path  # the seven notebooks' results, run on the Ray grid's cache with every fit() forbidden
     state: dict  # reproduce's pipeline state of that run
     before: dict  # artifact -> mtime, before the notebooks ran
     after: dict  # ... and after

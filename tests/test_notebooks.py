@@ -62,3 +62,27 @@ def test_knockoff_notebook_queries_once(smoke_env):
         assert len(row["seeds"]) >= 2 and row["queries_sent_now"] == row["budget"] * len(row["seeds"])
         assert second["tables"]["table2"][key]["queries_sent_now"] == 0
         assert 0 < row["recovery"] and row["surrogate_acc"] == second["tables"]["table2"][key]["surrogate_acc"]
+
+
+def test_defences_notebook_measures_both_sides_and_reuses_everything(smoke_env):
+    first = _run("07_defences", smoke_env)
+    rows = first["tables"]["defences"]
+    undefended = rows["cifar10/probs/none"]
+    # the honest client of the undefended API gets the victim's own answers
+    assert undefended["top1_kept"] == 1.0 and undefended["l1"] < 1e-5 and undefended["kl"] < 1e-5
+    assert undefended["benign_acc"] == pytest.approx(undefended["victim_acc"], abs=1e-6)
+    label = rows["cifar10/label/none"]
+    assert label["top1_kept"] == 1.0 and label["benign_acc"] == undefended["benign_acc"]
+    for key, row in rows.items():
+        if row["family"] == "mad":  # MAD moves every answer by at most its L1 budget
+            assert row["l1"] <= row["strength"] + 1e-5, key
+        assert row["budget"] == undefended["budget"] and 0 <= row["surrogate_acc"] <= 1, key
+    dawn = next(iter(first["tables"]["dawn"].values()))
+    assert 0 < dawn["watermarked"] < dawn["budget"] and 0 <= dawn["agreement_suspect"] <= 1
+    wrong = rows[f"cifar10/probs/dawn_r{dawn['rate']}"]
+    assert 1 - wrong["top1_kept"] == pytest.approx(dawn["rate"], abs=0.15)  # the share of answers it falsifies
+    assert {r["client"] for r in first["tables"]["prada"].values()} == {"knockoff", "benign_random", "benign_sorted"}
+    adaptive = first["tables"]["adaptive"]["cifar10"]
+    assert adaptive["adaptive_classes_queried"] <= 200 and adaptive["random_classes_queried"] <= 200
+    second = _run("07_defences", smoke_env)  # everything cached: the same numbers
+    assert second["tables"] == first["tables"]

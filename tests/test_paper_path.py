@@ -5,7 +5,7 @@ strengths, ResNet18/34/101/152, `detector_ood_share=1.0`, the pool of every Imag
 per class...) with three explicit changes: synthetic images in the paper's folders
 (:mod:`tests.paper_shaped_data`: mixed sizes, a large first image, JPEG and PNG), random weights in place
 of the ImageNet checkpoints (``KX_WEIGHTS=random``, which every output states), and tiny sizes and
-epochs through ``--overrides``.  The grid runs on Ray with two workers, then the six notebooks and the
+epochs through ``--overrides``.  The grid runs on Ray with two workers, then the seven notebooks and the
 report; a serial grid of notebooks 01-02 afterwards finds everything made.  Every task and notebook must finish.
 """
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.paper_path
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_victims", "02_knockoff", "03_detection", "04_architecture_and_output", "05_hyperparameters",
-             "06_in_distribution")
+             "06_in_distribution", "07_defences")
 SIZE = 24  # every pretrained model's input side; the scratch victims keep the paper's 32 px
 # what keeps the run in minutes on two cores; everything else is the paper profile's
 OVERRIDES = {
@@ -36,6 +36,10 @@ OVERRIDES = {
     "mahalanobis_epsilons": [0, 0.002],
     "detector_cv_cs": 3,  # a count of strengths, as the paper's 10: sklearn's log grid, stored as floats
     "cuda_eval_batch_size": 256, "progress": False,
+    # 07: the paper's answer formats and defences, one strength each, on one victim (their paths are the same for
+    # every victim); a high DAWN rate so that 120 queries hold watermarked ones
+    "defences": {"victims": ["cifar10"], "reverse_sigmoid_betas": [1.0], "mad_epsilons": [1.0], "dawn_rates": [0.5],
+                 "prada_queries": 100, "adaptive_victims": ["caltech"], "adaptive_budget": 60},
 }
 
 

@@ -274,22 +274,16 @@ DEFENCES = "kx_utils.experiments.defences"
 
 
 def defence_tasks(b: TaskBuilder) -> None:
-    from .defences import (
-        defence_attack,
-        defence_key,
-        perturbation_specs,
-        seeds_experiment,
-    )
+    from .defences import attacks, defence_attack, defence_key, seeds_experiment
     plan, attack = b.profile.defences, defence_attack(b.profile)
     table6 = b.resolved(Section5Settings.resolve).table6_victims
     for key in available_victims(b.profile, plan.victims):
-        for mode in plan.answer_modes:
-            for spec in perturbation_specs(plan):
-                if spec is None and mode == "label" and key in table6:
-                    continue  # Table 6's label-only surrogate, made by its own task
-                for seed in seeds_for(b.profile, seeds_experiment(spec, mode)):
-                    b.surrogate(f"surrogate/defences/{defence_key(key, mode, spec)}/seed{seed}", key, mode=mode,
-                                defence=spec, seed=seed, **attack)
+        for mode, spec in attacks(plan):
+            if spec is None and mode == "label" and key in table6:
+                continue  # Table 6's label-only surrogate, made by its own task
+            for seed in seeds_for(b.profile, seeds_experiment(spec, mode)):
+                b.surrogate(f"surrogate/defences/{defence_key(key, mode, spec)}/seed{seed}", key, mode=mode,
+                            defence=spec, seed=seed, **attack)
 
 
 def describe_defences(p: Profile) -> str:

@@ -58,6 +58,14 @@ def perturbation_specs(plan: DefencePlan) -> list[dict | None]:
             *({"name": "mad", "epsilon": e, "oracle": plan.mad_oracle} for e in plan.mad_epsilons)]
 
 
+def attacks(plan: DefencePlan) -> list[tuple[str, dict | None]]:
+    """(answer format, perturbation) of every attack of the summary table: each perturbation under each of the
+    plan's formats, and the undefended API under both formats whatever the plan (they are Table 2's and Table 6's
+    runs: the label-only row is the reference every perturbation that keeps the top-1 class is weighed against)."""
+    out = [(mode, spec) for mode in plan.answer_modes for spec in perturbation_specs(plan)]
+    return out + [(mode, None) for mode in ("probs", "label") if (mode, None) not in out]
+
+
 def dawn_spec(rate: float) -> dict:
     return {"name": "dawn", "rate": rate}
 
@@ -129,21 +137,20 @@ def defence_key(victim_key: str, mode: str, spec: Mapping | None) -> str:
 def defence_rows(profile: Profile, plan: DefencePlan | None = None, store: ArtifactStore | None = None,
                  on_result: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
     """The summary table: one row per victim x answer format x perturbation (the undefended API first), the
-    attacker's surrogate beside the honest client's utility, and DAWN's rows from :func:`dawn_rows`."""
+    attacker's surrogate beside the honest client's utility, and DAWN's rows (:func:`dawn_verification`)."""
     plan = plan or profile.defences
     store = store or ArtifactStore(profile.cache_root)
     attack = defence_attack(profile)
     rows = {}
     for victim_key in available_victims(profile, plan.victims):
         benign = benign_answers(profile, victim_key, store)
-        for mode in plan.answer_modes:
-            for spec in perturbation_specs(plan):
-                results = [knockoff(profile, victim_key, mode=mode, defence=spec, seed=seed, store=store, **attack)
-                           for seed in seeds_for(profile, seeds_experiment(spec, mode))]
-                key = defence_key(victim_key, mode, spec)
-                rows[key] = attack_row(results, spec, mode, benign_utility(profile, benign, spec, mode))
-                if on_result:
-                    on_result(key, rows[key])
+        for mode, spec in attacks(plan):
+            results = [knockoff(profile, victim_key, mode=mode, defence=spec, seed=seed, store=store, **attack)
+                       for seed in seeds_for(profile, seeds_experiment(spec, mode))]
+            key = defence_key(victim_key, mode, spec)
+            rows[key] = attack_row(results, spec, mode, benign_utility(profile, benign, spec, mode))
+            if on_result:
+                on_result(key, rows[key])
         for rate in plan.dawn_rates:
             result = dawn_verification(profile, victim_key, rate, seeds_for(profile, "dawn")[0], store)
             key = defence_key(victim_key, "probs", dawn_spec(rate))
@@ -164,8 +171,9 @@ def attack_row(results, spec: Mapping | None, mode: str, utility: Mapping) -> di
 def dawn_row(result: Mapping, utility: Mapping) -> dict:
     return {"name": result["victim_name"], "defence": defence_label(dawn_spec(result["rate"])), "family": "dawn",
             "strength": result["rate"], "answers": "probs", "victim_acc": result["victim_acc"],
-            "chance": utility["chance"], "surrogate_acc": result["surrogate_acc"], "recovery": result["surrogate_acc"] / result["victim_acc"],
-            **utility, "budget": result["budget"], "seeds": [result["seed"]], "test_size": utility["benign_queries"]}
+            "chance": utility["chance"], "surrogate_acc": result["surrogate_acc"],
+            "recovery": result["surrogate_acc"] / result["victim_acc"], **utility, "budget": result["budget"],
+            "seeds": [result["seed"]], "test_size": utility["benign_queries"]}
 
 
 # ---------------------------------------------------------------- DAWN

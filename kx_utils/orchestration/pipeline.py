@@ -1,4 +1,4 @@
-"""Run the six notebooks of a profile in order with papermill, resuming what already finished.
+"""Run the seven notebooks of a profile in order with papermill, resuming what already finished.
 
 Each notebook is executed into ``runs/<profile>/<name>.ipynb`` (or
 ``$KX_RUNS/<profile>/``) and writes its own results next to it,

@@ -143,8 +143,9 @@ def prada_misses_knockoff(get: Getter, names: Names) -> Judgement:
                      f"random {'flagged' if benign['flagged'] else 'not flagged'} (lowest W {_w(benign)})")
     if not outcomes:
         raise MissingData("prada", None, "no victim with both a Knockoff and a benign stream")
+    delta = next(iter(table.values()))["delta"]
     return Judgement(every(outcomes), f"{outcomes.count(HOLDS)} of {len(outcomes)} victims' Knockoff streams not "
-                                      f"flagged (delta {next(iter(table.values()))['delta']:g}) — " + "; ".join(lines))
+                                      f"flagged (delta {delta:g}) — " + "; ".join(lines))
 
 
 def _w(row: Mapping) -> str:
