@@ -161,7 +161,8 @@ def defence_rows(profile: Profile, plan: DefencePlan | None = None, store: Artif
 def attack_row(results, spec: Mapping | None, mode: str, utility: Mapping) -> dict:
     first = results[0]
     per_seed = [{"surrogate_acc": r.final_accuracy, "recovery": r.recovery} for r in results]
-    return {"name": first.victim_name, "defence": defence_label(spec), "family": family(spec, mode),
+    label = "label-only" if spec is None and mode == "label" else defence_label(spec)
+    return {"name": first.victim_name, "defence": label, "family": family(spec, mode),
             "strength": strength(spec), "answers": mode, "victim_acc": first.victim_accuracy,
             "chance": utility["chance"], **seeded_columns(per_seed, ["surrogate_acc", "recovery"]), **utility,
             "budget": first.budget, "seeds": [r.settings["seed"] for r in results],

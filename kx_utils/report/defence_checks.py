@@ -42,7 +42,7 @@ def _n(row: Mapping) -> int:
 
 
 def _label(row: Mapping) -> str:
-    return f"{row['defence']} ({row['answers']})"
+    return row["defence"] if row["family"] == "label-only" else f"{row['defence']} ({row['answers']})"
 
 
 def _undefended(get: Getter, victim: str, mode: str = "probs") -> Mapping:
