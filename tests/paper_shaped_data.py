@@ -20,6 +20,7 @@ from PIL import Image
 
 from kx_utils.data.catalog import DATASETS
 from kx_utils.data.overlap import list_path
+from kx_utils.data.wordnet import imagenet_paths
 
 FIRST_IMAGE = (480, 360)  # every split's first image: far larger than the profile's size
 
@@ -34,7 +35,7 @@ def layout() -> dict[str, tuple[list[str], int, int]]:
     # most listed classes overlap ImageNet; the starred detectors' 10-fold CV needs 10 images of the others
     caltech = _listed_classes("caltech256") + [f"{300 + i}.synthetic-{i}" for i in range(5)]
     cubs = _listed_classes("cubs200") + ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
-    wnids = [f"n{1440764 + 17 * i:08d}" for i in range(20)]
+    wnids = sorted(imagenet_paths())[::50]  # 20 real ImageNet classes: the adaptive attacker walks their WordNet tree
     return {
         "caltech256": (sorted(set(caltech)), 3, 2),
         "cubs200": (sorted(set(cubs)), 6, 3),

@@ -82,7 +82,7 @@ def test_no_defence_and_random_sampling_keep_every_earlier_key():
     rs = surrogate_settings(SMOKE, "cifar10", defence={"name": "reverse_sigmoid"}, with_content=False)
     assert rs["query"]["api"]["defence"] == {"name": "reverse_sigmoid", "beta": 1.0, "gamma": 0.1}
     adaptive = surrogate_settings(SMOKE, "cifar10", sampling="adaptive", with_content=False)
-    assert adaptive["query"]["sampling"] == {"strategy": "adaptive", "reward": "all", "hierarchy": "flat",
+    assert adaptive["query"]["sampling"] == {"strategy": "adaptive", "reward": "all", "hierarchy": "wordnet",
                                              "batch_size": SMOKE.surrogate_recipe.batch_size,
                                              "learning_rate": SMOKE.surrogate_recipe.lr}
 
@@ -90,8 +90,8 @@ def test_no_defence_and_random_sampling_keep_every_earlier_key():
 def test_sampling_errors_name_the_fix():
     with pytest.raises(ValueError, match='"random", "adaptive" or a dict'):
         sampling_settings(SMOKE, "greedy")
-    with pytest.raises(ValueError, match="WordNet"):
-        sampling_settings(SMOKE, {"hierarchy": "wordnet"})
+    with pytest.raises(ValueError, match="'wordnet' \\(WordNet above the pool's ImageNet classes\\) or 'flat'"):
+        sampling_settings(SMOKE, {"hierarchy": "tree"})
     with pytest.raises(ValueError, match=r"unknown adaptive sampling parameter\(s\) \['steps'\]"):
         sampling_settings(SMOKE, {"steps": 3})
 

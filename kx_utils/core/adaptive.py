@@ -16,8 +16,9 @@ Sources and deviations, said out loud:
 - The authors' public code (tribhuvanesh/knockoffnets, ``knockoff/adversary/adaptive.py``) does not
   implement the bandit: it draws pool images uniformly without replacement.  Everything here therefore
   follows the paper; no default comes from that file.
-- The hierarchy is the caller's ``parents`` (the paper: WordNet above the pool's classes, not available
-  offline); the default is flat, every class a child of the root, so the policy is a plain softmax bandit.
+- The hierarchy is the caller's ``parents`` (the paper: WordNet above the pool's classes; kx's experiments pass
+  the WordNet tree of :mod:`kx_utils.data.wordnet`); the default here is flat, every class a child of the root,
+  so the policy is a plain softmax bandit.
 - Running z-normalisation (not min-max) for ``all`` is kx's choice; IBM ART's re-implementation of Knockoff
   Nets does the same, but averages the three where the paper's name says sum.
 - ``learning_rate`` 0.1 is the step size of Sutton & Barto's gradient-bandit example (§2.8), which the

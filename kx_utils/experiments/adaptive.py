@@ -2,7 +2,8 @@
 
 :func:`adaptive_queries` is what :func:`kx_utils.experiments.attack.query_victim` calls for a transfer set
 whose settings name ``sampling``: the bandit of :mod:`kx_utils.core.adaptive` picks each batch of pool images,
-the victim's API answers it, and an online surrogate (the attacker's architecture, ImageNet weights, one SGD
+the victim's API answers it (the bandit walks the WordNet tree above the pool's classes,
+:mod:`kx_utils.data.wordnet`, as the paper), and an online surrogate (the attacker's architecture, ImageNet weights, one SGD
 step per batch on the answers) supplies the loss reward.  The chosen queries and their answers are then a
 transfer set like any other: the surrogate that is scored trains on them with Table 2's recipe, so adaptive and
 random sampling differ only in which queries were sent.
@@ -20,6 +21,7 @@ from ..core.api import Response
 from ..core.models import build_model
 from ..core.train import pick_device, soft_cross_entropy
 from ..data.datasets import ImageSet
+from ..data.wordnet import pool_parents
 from .victims import Victim
 
 
@@ -51,7 +53,8 @@ def adaptive_queries(profile: Profile, victim: Victim, respond: Callable[[torch.
         optimiser.step()
         return logits.detach().cpu()  # before the step: what the surrogate knew when the answer came
 
-    sampler = AdaptiveSampler(pool_images.labels, reward=sampling["reward"], seed=seed)
+    parents = pool_parents(pool_images.classes) if sampling["hierarchy"] == "wordnet" else None
+    sampler = AdaptiveSampler(pool_images.labels, parents=parents, reward=sampling["reward"], seed=seed)
     chosen = adaptive_transfer_set(sampler, query, int(settings["budget"]), int(sampling["batch_size"]),
                                    surrogate_step=surrogate_step)
     return chosen["indices"], Response(chosen["answers"], torch.cat(flagged))

@@ -332,7 +332,7 @@ def adaptive_tasks(b: TaskBuilder) -> None:
 
 def describe_adaptive(p: Profile) -> str:
     d = p.defences
-    return (f"adaptive ({d.adaptive_reward} reward, flat hierarchy) against random sampling, "
+    return (f"adaptive ({d.adaptive_reward} reward, WordNet hierarchy) against random sampling, "
             f"{', '.join(d.adaptive_victims)}, {d.adaptive_budget:,} queries")
 
 

@@ -27,7 +27,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # the key is a reproduction's, not a secret: settings name it so that a rerun draws the same watermark
     "dawn": {"rate": 0.01, "key": "kx-dawn-0"},
 }
-SAMPLING_DEFAULTS = {"strategy": "adaptive", "reward": "all", "hierarchy": "flat"}
+# the paper's hierarchy: WordNet above the pool's classes (kx_utils.data.wordnet); "flat" for a pool of other classes
+SAMPLING_DEFAULTS = {"strategy": "adaptive", "reward": "all", "hierarchy": "wordnet"}
+HIERARCHIES = ("wordnet", "flat")
 
 
 def defence_settings(spec: Mapping | None) -> dict | None:
@@ -86,7 +88,7 @@ def sampling_settings(profile: Profile, sampling: str | Mapping) -> dict | None:
                          f"{', '.join(SAMPLING_DEFAULTS)}, batch_size, learning_rate")
     out = {**SAMPLING_DEFAULTS, "batch_size": profile.surrogate_recipe.batch_size,
            "learning_rate": profile.surrogate_recipe.lr, **sampling}
-    if out["hierarchy"] != "flat":
-        raise ValueError(f"hierarchy {out['hierarchy']!r}: only 'flat' (every pool class a child of the root) is "
-                         "available offline; WordNet's hierarchy of the pool is not shipped")
+    if out["hierarchy"] not in HIERARCHIES:
+        raise ValueError(f"hierarchy {out['hierarchy']!r}: the adaptive attacker samples over 'wordnet' (WordNet "
+                         "above the pool's ImageNet classes) or 'flat' (every pool class a child of the root)")
     return out

@@ -352,8 +352,8 @@ def notes(profile: Profile, tables: Mapping[str, Mapping]) -> list[str]:
            "class's (the DAWN paper returns labels).",
            "PRADA measures L2 distances between the raw queries (pixels in [0, 1]), as its authors' code; "
            f"delta {plan.prada_delta:g}, {plan.prada_queries:,} queries per client at most.",
-           "The adaptive attacker's hierarchy is flat (every pool class a child of the root): WordNet's hierarchy "
-           "of the pool is not available offline; its rewards and update follow Orekondy et al. §4.1.2 "
+           "The adaptive attacker walks WordNet 3.0's hypernym tree above the pool's classes (each synset's first "
+           "hypernym; kx_utils.data.wordnet); its rewards and update follow Orekondy et al. §4.1.2 "
            "(kx_utils.core.adaptive, which says where it departs from their code and from ART's).",
            f"Seeds: perturbations and DAWN on {len(seeds_for(profile, 'defences'))}, adaptive against random on "
            f"{len(seeds_for(profile, 'adaptive'))}."]

@@ -194,7 +194,7 @@ DEFENCE_TABLES = (
      "random order and sorted by class."),
     ("adaptive", "Knockoff's adaptive sampling against random sampling, at equal budgets",
      "Both attackers train Table 2's recipe on budget queries of the same pool; the adaptive one picks them with "
-     "the gradient bandit of Orekondy et al. (reward: reward; flat class hierarchy: WordNet is not offline). "
+     "the gradient bandit of Orekondy et al. over WordNet's tree above the pool's classes (reward: reward). "
      "*_classes_queried: the pool classes the first seed's transfer set drew from."),
 )
 
