@@ -180,3 +180,12 @@ def test_tradeoff_figure_has_a_panel_per_defence_family():
                                                    "DAWN watermark (Szyller et al.)"]
     undefended = fig.axes[0].lines[0]
     assert list(undefended.get_xdata()) == [0.0, 1.2]  # the line starts at the undefended API
+
+
+def test_the_adaptive_attacker_reads_each_pool_class_wnid_from_its_images_paths():
+    from kx_utils.data.datasets import ImageSet
+    from kx_utils.experiments.adaptive import class_folders
+    pool = ImageSet(torch.zeros(3, 3, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 2]),
+                    ["goldfish, Carassius auratus", "tench", "cougar"], "pool",
+                    ["train/n01443537/a.jpg", "train/n01443537/b.jpg", "train/n02125311/c.jpg"])
+    assert class_folders(pool) == ["n01443537", None, "n02125311"]  # class 1 has no image in this pool

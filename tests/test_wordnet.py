@@ -34,6 +34,7 @@ def test_pool_parents_make_one_tree_with_the_classes_as_leaves():
     parents = wn.pool_parents(["a", "b", "c"], paths)
     # leaves 0-2, then r (3, the root), x (4)
     assert parents == [4, 4, 3, -1, 3]
+    assert wn.pool_parents(["a", None], paths) == [3, 2, -1, 2]  # a class with no image hangs from the root (2)
     with pytest.raises(ValueError, match=r"no WordNet path for pool class\(es\) \['zebra'\].*\"flat\""):
         wn.pool_parents(["a", "zebra"], paths)
 

@@ -81,17 +81,17 @@ def imagenet_paths() -> dict[str, tuple[str, ...]]:
         return {row["wnid"]: tuple(row["path"].split("/")) for row in csv.DictReader(f)}
 
 
-def pool_parents(classes: Sequence[str], paths: Mapping[str, Sequence[str]] | None = None) -> list[int]:
+def pool_parents(classes: Sequence[str | None], paths: Mapping[str, Sequence[str]] | None = None) -> list[int]:
     """The ``parents`` of :class:`kx_utils.core.adaptive.AdaptiveSampler` for a pool whose classes are
     ``classes`` (wnids): class ``c`` is node ``c``, the synsets above them follow, the root is -1.  A class
-    that is also another class's ancestor stays a leaf (the pool's images of it are its own)."""
+    that is also another class's ancestor stays a leaf (the pool's images of it are its own).  A class given as
+    None (no image of it in the pool, so no folder name) hangs from the root: the sampler never draws it."""
     paths = paths if paths is not None else imagenet_paths()
-    missing = [c for c in classes if c not in paths]
+    missing = [c for c in classes if c is not None and c not in paths]
     if missing:
         raise ValueError(f"no WordNet path for pool class(es) {missing[:5]}{' ...' if len(missing) > 5 else ''}: "
                          "the adaptive attacker's WordNet hierarchy covers ImageNet's classes (wnid folder names); "
                          'use sampling={"hierarchy": "flat"} for another pool')
-    index = {c: i for i, c in enumerate(classes)}
     inner: dict[str, int] = {}
     parents: list[int] = [0] * len(classes)
     inner_parent: list[int] = []
@@ -102,11 +102,12 @@ def pool_parents(classes: Sequence[str], paths: Mapping[str, Sequence[str]] | No
             inner_parent.append(parent)
         return inner[synset]
 
-    for c in classes:
+    root = ROOT if not paths else next(iter(paths.values()))[0]
+    for i, c in enumerate(classes):
         parent = -1
-        for synset in paths[c][:-1]:
+        for synset in (paths[c][:-1] if c is not None else (root,)):
             parent = node(synset, parent)
-        parents[index[c]] = parent
+        parents[i] = parent
     return parents + inner_parent
 
 

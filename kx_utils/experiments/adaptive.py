@@ -25,6 +25,15 @@ from ..data.wordnet import pool_parents
 from .victims import Victim
 
 
+def class_folders(pool: ImageSet) -> list[str | None]:
+    """Each pool class's folder name (ImageNet's wnid), read from its images' paths (``<split>/<wnid>/<file>``);
+    None for a class the capped pool holds no image of."""
+    folders: list[str | None] = [None] * len(pool.classes)
+    for label, name in zip(pool.labels.tolist(), pool.files):
+        folders[label] = folders[label] or name.replace("\\", "/").split("/")[-2]
+    return folders
+
+
 def adaptive_queries(profile: Profile, victim: Victim, respond: Callable[[torch.Tensor], Response],
                      pool_images: ImageSet, settings: dict, seed: int) -> tuple[torch.Tensor, Response]:
     """(pool indices, the API's response) of ``settings["budget"]`` queries chosen adaptively."""
@@ -53,7 +62,7 @@ def adaptive_queries(profile: Profile, victim: Victim, respond: Callable[[torch.
         optimiser.step()
         return logits.detach().cpu()  # before the step: what the surrogate knew when the answer came
 
-    parents = pool_parents(pool_images.classes) if sampling["hierarchy"] == "wordnet" else None
+    parents = pool_parents(class_folders(pool_images)) if sampling["hierarchy"] == "wordnet" else None
     sampler = AdaptiveSampler(pool_images.labels, parents=parents, reward=sampling["reward"], seed=seed)
     chosen = adaptive_transfer_set(sampler, query, int(settings["budget"]), int(sampling["batch_size"]),
                                    surrogate_step=surrogate_step)
