@@ -702,7 +702,9 @@ def test_the_report_of_a_smoke_run_evaluates_every_claim_and_writes_every_table(
     assert outcome.missing_notebooks == [] and outcome.missing_parts == {}
     not_evaluated = {c.claim.number: c.evidence for c in outcome.claims if c.verdict == NOT_EVALUATED}
     assert not_evaluated == {}
-    assert all(c.comparisons for c in outcome.claims)  # each verdict rests on numbers and their noise
+    # each verdict rests on numbers and their noise; PRADA's (claim 14) on whether it flagged each client
+    assert all(c.comparisons for c in outcome.claims if c.claim.number != 14)
+    assert next(c for c in outcome.claims if c.claim.number == 14).verdict != NOT_EVALUATED
     files = set(outcome.files)
     expected = {f"{key}.{ext}" for key in [s.key for s in TABLE_SPECS] + [k for k, _ in OURS_ONLY_TABLES]
                 for ext in ("csv", "md")}
