@@ -34,6 +34,7 @@ from .attack import (
     knockoff,
     surrogate_settings,
     train_surrogate_model,
+    victim_test_set,
 )
 from .defence_specs import build_defence, defence_label, defence_settings
 from .section5 import Section5Settings, table2_attack
@@ -42,7 +43,6 @@ from .victims import (
     available_victims,
     chance_accuracy,
     get_victim,
-    load_dataset_split,
     victim_spec,
 )
 
@@ -103,8 +103,7 @@ def benign_answers(profile: Profile, victim_key: str, store: ArtifactStore | Non
     """The victim's test images (at its input size), labels and undefended probability vectors."""
     store = store or ArtifactStore(profile.cache_root)
     victim = get_victim(profile, victim_key, store)
-    test = load_dataset_split(profile, victim_spec(victim_key).dataset, "test", victim.image_size,
-                              profile.test_per_class, store)
+    test = victim_test_set(profile, victim_key, victim.image_size, store)
     probs = predict_proba(victim.model, test.images, evaluation_batch_size(profile), pick_device(profile.device))
     return {"victim": victim, "images": test.images, "labels": test.labels, "probs": probs}
 
@@ -202,7 +201,7 @@ def dawn_verification(profile: Profile, victim_key: str, rate: float, seed: int,
     surrogate_size = profile.image_size[victim_spec(victim_key).dataset]
     pool = attacker_pool(profile, store=store, size=surrogate_size)
     queries = pool.images[marked["indices"]]
-    sent = queries if queries.shape[-1] == victim.image_size else resize_images(queries, victim.image_size)
+    sent = resize_images(queries, victim.image_size)  # unchanged where the sizes agree
     watermark = Dawn(str(defence_settings(spec)["key"]).encode(), rate)
     mask = watermark.selected(sent)
     wrong = marked["answers"][mask].argmax(1)
@@ -252,9 +251,7 @@ def prada_streams(profile: Profile, victim_key: str, plan: DefencePlan, store: A
     seed = seeds_for(profile, "table2")[0]
     answered = answer_transfer_set(profile, victim, seed=seed, store=store, budget=defence_attack(profile)["budget"])
     pool = attacker_pool(profile, store=store, size=profile.image_size[victim_spec(victim_key).dataset])
-    knock = pool.images[answered["indices"][:n]]
-    if knock.shape[-1] != victim.image_size:
-        knock = resize_images(knock, victim.image_size)
+    knock = resize_images(pool.images[answered["indices"][:n]], victim.image_size)
     predicted = benign["probs"].argmax(1)
     order = seeded_permutation(len(predicted), stream_seed(seed, "prada_benign"))[:n]
     by_class = torch.sort(benign["labels"], stable=True).indices
@@ -312,8 +309,8 @@ def adaptive_rows(profile: Profile, store: ArtifactStore | None = None) -> dict[
                       for seed in seeds_for(profile, "adaptive")]
                for name, s in (("random", "random"), ("adaptive", sampling))}
         first = per["random"][0]
-        test = load_dataset_split(profile, victim_spec(victim_key).dataset, "test", first.settings["surrogate_size"],
-                                  profile.test_per_class, store or ArtifactStore(profile.cache_root))
+        test = victim_test_set(profile, victim_key, first.settings["surrogate_size"],
+                               store or ArtifactStore(profile.cache_root))
         row = {"name": first.victim_name, "victim_acc": first.victim_accuracy, "budget": first.budget,
                "test_size": len(test), "chance": chance_accuracy(test.labels),
                "reward": plan.adaptive_reward, "seeds": [r.settings["seed"] for r in per["random"]]}
