@@ -56,7 +56,7 @@ def test_grid_tasks_follow_the_profile_plan():
         assert name not in tasks
     assert "surrogate/table5/gtsrb_5l/seed2" in tasks and "surrogate/table7/caltech/bs256/seed0" in tasks
     assert "surrogate/table7/caltech/bs16/seed0" not in tasks and "surrogate/table7/caltech/bs128/seed1" not in tasks
-    assert not [n for n in tasks if "equal_steps" in n or "convergence" in n]  # not in mini's 90 minutes
+    assert not [n for n in tasks if "equal_steps" in n or "convergence" in n]  # cut from mini for time
     # the label-only column on Table 2's three seeds (claim 1), with no top-k or rounded column
     assert tasks["surrogates/table6/cubs/seed2"].args == ("cubs", ["probs", "label"])
     # Table 2 queries the whole pool, so the budget curve's last point ("all") is Table 2's seed-0 run

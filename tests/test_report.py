@@ -664,13 +664,28 @@ def test_nothing_written_holds_an_absolute_path_or_speaks_of_issues(runs, tmp_pa
     assert "started from an empty cache (.kx_cache)" in text and "cached in .kx_cache/decoded" in text
     assert ("**From an empty cache to all seven notebooks: 50m00s** of compute over 1 `reproduce` command(s) started "
             "t0; failed or interrupted attempts count, the time between commands does not. Within the project's "
-            "target for a mini run: 90 minutes on a 2-core CPU: yes.") in text
+            "target for a mini run: 2h45m on a 2-core CPU: yes.") in text
     assert "results in `$KX_RUNS/mini/`" in text
     for path in out.iterdir():
         if path.suffix in (".md", ".csv"):
             content = path.read_text()
             assert str(REPO_ROOT) not in content and str(tmp_path) not in content, path.name
             assert "issue" not in content.lower(), path.name
+
+
+@pytest.mark.parametrize("seconds, verdict", [(165 * 60, "yes"), (165 * 60 + 1, "no")])
+def test_the_mini_target_is_judged_on_the_whole_chain(runs, tmp_path, seconds, verdict):
+    """2h45m is the line: a chain of two commands that sums to one second more is over it."""
+    write_documents(runs, {nb: document(nb, wall=10.0) for nb in NOTEBOOKS}, profile="mini")
+    state = {"profile": "mini", "invocations": [
+        {"started": "t0", "status": "failed", "wall_seconds": 600.0, "cache_files_at_start": 0,
+         "ran": ["01_victims"], "reused": []},
+        {"started": "t1", "status": "finished", "wall_seconds": seconds - 600.0, "cache_files_at_start": 9,
+         "ran": list(NOTEBOOKS[1:]), "reused": ["01_victims"]}],
+        "notebooks": {nb: {"status": "finished", "wall_seconds": 100.0} for nb in NOTEBOOKS}}
+    (runs / "mini" / "pipeline.json").write_text(json.dumps(state))
+    text = (write_report("mini", out=tmp_path / "fig").folder / "report.md").read_text()
+    assert f"target for a mini run: 2h45m on a 2-core CPU: {verdict}." in text
 
 
 def test_time_from_an_empty_cache_sums_every_command_since(runs, tmp_path):

@@ -130,7 +130,7 @@ def markdown(profile: Profile, device: torch.device, timings: list[Timing], accu
         lines += [f"## {title}", ""] + _throughput_table(rows, peak_tflops, with_peak) + [""]
     if accuracy:
         lines += [f"## Accuracy of the reference surrogates ({accuracy[0]['budget']:,} queries, "
-                  f"{accuracy[0]['epochs']} epochs, seed 0)", "",
+                  f"{accuracy[0]['epochs']} epochs, seed {accuracy[0]['seed']}: Table 2's attack)", "",
                   "| victim | surrogate path | Acc(F_A) last epoch | best epoch | recovery | vs whole network | "
                   "train s | × today | per-epoch test accuracy |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in accuracy:

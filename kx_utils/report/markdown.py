@@ -33,8 +33,13 @@ from .tables import (
     frame_to_markdown,
 )
 
-MINI_TARGET_SECONDS = 90 * 60  # the project's target for a whole mini run on a 2-core CPU
-MINI_TARGET = "the project's target for a mini run: 90 minutes on a 2-core CPU"
+# The project's target for a whole mini run on a 2-core CPU. It was 90 minutes until Section 5 ran at Table 2's
+# scale: one surrogate of that size costs 5-7 minutes of a core, and Table 2, Table 5's scratch victims and the
+# label-only column on three seeds are 36 of them, 1h30m-1h40m on two workers before the victims, the detectors,
+# Table 7 or notebook 07. The target is the whole as measured on the slower of two machines of this kind (about
+# 2h27m there) with room to spare.
+MINI_TARGET_SECONDS = 165 * 60
+MINI_TARGET = "the project's target for a mini run: 2h45m on a 2-core CPU"
 ALL = {6: "six", 7: "seven", 8: "eight"}.get(len(NOTEBOOKS), str(len(NOTEBOOKS)))  # the registry's notebooks
 FIGURE_CAPTIONS = (
     ("figure1", "Figure 1 — the CIFAR10 victim: histogram of the transfer set's predicted classes (bars) and "
